@@ -1,0 +1,173 @@
+"""Context cells of HPCM's progressive context model: the official cross-attention cell and the
+bi-directional RWKV cells of the variants.
+
+RWKV blocks work on NCHW maps throughout: 1x1 convolutions stand for the Linear projections and the
+Bi-WKV op reads (B, C, T) directly, so no transposes are needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpcm.plugins.biwkv import biwkv
+
+from .layers import ChannelLayerNorm, conv1x1
+
+
+class CrossAttentionCell(nn.Module):
+    """Official HPCM cell: windowed multi-head attention, q from x_t, k and v from h_prev, plus conv_out(x_t)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, window_size: int, kernel_size: int = 1, num_heads: int = 32) -> None:
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError("hidden_dim must be a multiple of num_heads")
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.window_size = window_size
+        pad = kernel_size // 2
+        self.conv_q = nn.Conv2d(input_dim, hidden_dim, kernel_size, padding=pad)
+        self.conv_k = nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=pad)
+        self.conv_v = nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=pad)
+        self.conv_out = nn.Conv2d(hidden_dim, hidden_dim, kernel_size, padding=pad)
+
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        p = self.window_size
+        x = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(-1, C, p, p)
+
+    def forward(self, x_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x_t.shape
+        p = self.window_size
+        xw, hw = self._windows(x_t), self._windows(h_prev)
+        n = xw.shape[0]
+        q = self.conv_q(xw).reshape(n, self.num_heads, self.head_dim, p * p).transpose(2, 3)
+        k = self.conv_k(hw).reshape(n, self.num_heads, self.head_dim, p * p)
+        v = self.conv_v(hw).reshape(n, self.num_heads, self.head_dim, p * p).transpose(2, 3)
+        attn = torch.softmax(torch.matmul(q, k) / math.sqrt(self.head_dim), dim=-1)
+        out = torch.matmul(attn, v).transpose(2, 3).reshape(n, self.hidden_dim, p, p)
+        out = out.reshape(B, H // p, W // p, self.hidden_dim, p, p).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(B, self.hidden_dim, H, W) + self.conv_out(x_t)
+
+
+class OmniShift(nn.Module):
+    """LALIC's token shift: alpha-weighted identity + depth-wise 1x1, 3x3 and 5x5 convolutions.
+
+    The four branches are always applied as one depth-wise 5x5 convolution whose kernel is computed
+    from the parameters, so training and inference share one code path and no re-parameterisation
+    state lives in the module.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv1x1 = nn.Conv2d(dim, dim, 1, groups=dim, bias=False)
+        self.conv3x3 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        self.conv5x5 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, bias=False)
+        self.alpha = nn.Parameter(torch.tensor([1.0, 0.1, 0.1, 0.1]))
+
+    def fused_weight(self) -> torch.Tensor:
+        identity = F.pad(torch.ones_like(self.conv1x1.weight), (2, 2, 2, 2))
+        return (
+            self.alpha[0] * identity
+            + self.alpha[1] * F.pad(self.conv1x1.weight, (2, 2, 2, 2))
+            + self.alpha[2] * F.pad(self.conv3x3.weight, (1, 1, 1, 1))
+            + self.alpha[3] * self.conv5x5.weight
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.fused_weight(), padding=2, groups=x.shape[1])
+
+
+class SpatialMix(nn.Module):
+    """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shift = OmniShift(dim)
+        self.key = conv1x1(dim, dim, bias=False)
+        self.value = conv1x1(dim, dim, bias=False)
+        self.receptance = conv1x1(dim, dim, bias=False)
+        self.output = conv1x1(dim, dim, bias=False)
+        # Spread of per-channel decay rates (negative: weight grows with distance, bounded by
+        # exp(|decay|) since the op receives decay / T); boost starts neutral.
+        self.decay = nn.Parameter(torch.linspace(-4.0, 4.0, dim))
+        self.boost = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = H * W
+        x = self.shift(x)
+        k = self.key(x).flatten(2)
+        v = self.value(x).flatten(2)
+        mixed = biwkv(self.decay / tokens, self.boost / tokens, k, v).reshape(B, C, H, W)
+        return self.output(torch.sigmoid(self.receptance(x)) * mixed)
+
+
+class ChannelMix(nn.Module):
+    """RWKV channel mix: value(relu(key(x))^2) gated by sigmoid(receptance(x))."""
+
+    def __init__(self, dim: int, hidden_rate: int) -> None:
+        super().__init__()
+        self.shift = OmniShift(dim)
+        self.key = conv1x1(dim, hidden_rate * dim, bias=False)
+        self.value = conv1x1(hidden_rate * dim, dim, bias=False)
+        self.receptance = conv1x1(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shift(x)
+        return torch.sigmoid(self.receptance(x)) * self.value(torch.relu(self.key(x)).square())
+
+
+class RWKVBlock(nn.Module):
+    """Pre-LayerNorm residual RWKV block with layer-scale gammas; the identity path is always there."""
+
+    def __init__(self, dim: int, hidden_rate: int) -> None:
+        super().__init__()
+        self.ln1 = ChannelLayerNorm(dim)
+        self.spatial_mix = SpatialMix(dim)
+        self.ln2 = ChannelLayerNorm(dim)
+        self.channel_mix = ChannelMix(dim, hidden_rate)
+        self.gamma1 = nn.Parameter(torch.ones(dim))
+        self.gamma2 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.gamma1[:, None, None] * self.spatial_mix(self.ln1(x))
+        return x + self.gamma2[:, None, None] * self.channel_mix(self.ln2(x))
+
+
+class RWKVContextCell(nn.Module):
+    """Drop-in replacement of CrossAttentionCell: fuse (x_t, h_prev), one RWKV block, project."""
+
+    def __init__(self, dim: int, hidden_rate: int) -> None:
+        super().__init__()
+        self.input_proj = conv1x1(2 * dim, dim)
+        self.block = RWKVBlock(dim, hidden_rate)
+        self.output_proj = conv1x1(dim, dim)
+
+    @property
+    def decay(self) -> nn.Parameter:
+        return self.block.spatial_mix.decay
+
+    @property
+    def boost(self) -> nn.Parameter:
+        return self.block.spatial_mix.boost
+
+    def forward(self, x_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+        return self.output_proj(self.block(self.input_proj(torch.cat((x_t, h_prev), dim=1))))
+
+
+class RWKVFusionNet(nn.Module):
+    """Replacement of a context_net conv1x1: RWKV blocks then a 1x1 projection."""
+
+    def __init__(self, dim: int, num_blocks: int, hidden_rate: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(RWKVBlock(dim, hidden_rate) for _ in range(num_blocks)))
+        self.out_proj = conv1x1(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self.blocks(x))

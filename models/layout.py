@@ -1,0 +1,183 @@
+"""Static split and merge of HPCM's three scales and its per-step masks.
+
+The official code moves latents between scales with boolean masks (``masked_select`` and boolean
+index assignment), which exports to ONNX as data-dependent NonZero/ScatterND. Every mask it uses is
+periodic (period 4 at full resolution, 2 at half and quarter) and selects, per channel group, a fixed
+set of positions per tile.
+
+``RasterMap`` reproduces the official semantics (raster-order read, raster-order write) with slices,
+stacks and reshapes only, including the official code's quirks on which trained weights depend:
+its s2 hyper-parameter gather leaves out, in half of the channel groups, a different full-resolution
+phase than the one the s1 lattice occupies, so values re-flow across rows there.
+
+Sides of y must be multiples of 8 (the official 8x8 mask tiling; s1 is then even).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Y_ALIGNMENT = 8
+
+Pos = tuple[int, int]
+
+# One-channel patterns of the official masks, as positions inside one period.
+# Full resolution (period 4): eight 2-position patterns, the parts of the 8-part s3 split.
+_S3_PATTERNS: tuple[tuple[Pos, ...], ...] = (
+    ((0, 0), (2, 2)), ((0, 2), (2, 0)), ((1, 1), (3, 3)), ((1, 3), (3, 1)),
+    ((0, 1), (2, 3)), ((0, 3), (2, 1)), ((1, 0), (3, 2)), ((1, 2), (3, 0)),
+)
+# Pattern of s3 part i for channel group j (8 groups).
+_S3_PART_PATTERN = (
+    (0, 2, 4, 6, 1, 3, 5, 7), (1, 3, 5, 7, 0, 2, 4, 6), (2, 4, 6, 0, 3, 5, 7, 1), (3, 5, 7, 1, 2, 4, 6, 0),
+    (4, 6, 0, 2, 5, 7, 1, 3), (5, 7, 1, 3, 4, 6, 0, 2), (6, 0, 2, 4, 7, 1, 3, 5), (7, 1, 3, 5, 6, 0, 2, 4),
+)
+# The s2 lattice of group j (8 groups) at full resolution: union of two s3 patterns.
+_S2_LATTICE_PATTERNS = ((0, 1), (2, 3), (4, 5), (6, 7), (1, 0), (3, 2), (5, 4), (7, 6))
+# The positions the official s2 hyper gather leaves out, per group j (8 groups), at full resolution.
+_S1_EXCLUDED_FULL: tuple[Pos, ...] = ((0, 0), (1, 1), (0, 1), (1, 0), (0, 2), (1, 3), (0, 3), (1, 2))
+# Half resolution (period 2): phases of the four quarter-channel groups; part i of the 4-part s2 split.
+_HALF_PHASES: tuple[Pos, ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
+_S2_PART_PHASE = ((0, 1, 2, 3), (3, 2, 1, 0), (2, 3, 0, 1), (1, 0, 3, 2))
+# Quarter resolution (period 2): checkerboard halves; part i of the 2-part s1 split.
+_CHECKERBOARD: tuple[tuple[Pos, ...], ...] = (((0, 0), (1, 1)), ((0, 1), (1, 0)))
+_S1_PART_PATTERN = ((0, 1), (1, 0))
+
+
+def _tiles(groups: int, period: int, group_positions) -> tuple[np.ndarray, ...]:
+    tiles = []
+    for g in range(groups):
+        tile = np.zeros((period, period), dtype=bool)
+        for r, c in group_positions[g]:
+            tile[r, c] = True
+        tiles.append(tile)
+    return tuple(tiles)
+
+
+def _dense(groups: int, period: int) -> tuple[np.ndarray, ...]:
+    return tuple(np.ones((period, period), dtype=bool) for _ in range(groups))
+
+
+@dataclass(frozen=True)
+class RasterMap:
+    """The official boolean-mask move between two periodic masks, as static slices.
+
+    Per channel, the official code reads the positions of ``in_tiles`` in raster order and writes
+    them, in raster order, to the positions of ``out_tiles`` (a dense output for ``masked_select``,
+    zeros elsewhere for boolean assignment). Both masks are periodic, so one tile row of the input
+    (``in_period`` rows) fills exactly one tile row of the output (``out_period`` rows); inside that
+    band the values form one sequence: input rows one after the other, each row the selected phases
+    interleaved tile by tile. Where a row of the input holds a different number of positions per
+    tile than the row of the output it feeds, the sequence re-flows across rows at a fraction of the
+    width; slicing the sequence at multiples of the tile count reproduces that exactly.
+    """
+
+    in_period: int
+    out_period: int
+    in_tiles: tuple[np.ndarray, ...]  # per channel group, (in_period, in_period) bool
+    out_tiles: tuple[np.ndarray, ...]  # per channel group, (out_period, out_period) bool
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        groups = len(self.in_tiles)
+        B, C, H, W = x.shape
+        if C % groups:
+            raise ValueError(f"layout map with {groups} channel groups applied to {C} channels")
+        Cg = C // groups
+        P, Q = self.in_period, self.out_period
+        outputs = []
+        for g in range(groups):
+            xg = x[:, g * Cg:(g + 1) * Cg]
+            segments = []
+            for r in range(P):
+                planes = [xg[:, :, r::P, s::P] for s in np.flatnonzero(self.in_tiles[g][r])]
+                if planes:
+                    segments.append(torch.stack(planes, dim=-1).flatten(-2))
+            sequence = torch.cat(segments, dim=-1) if len(segments) > 1 else segments[0]
+            tiles_w = W // P
+            zero = torch.zeros_like(sequence[..., :tiles_w])
+            phases = [zero] * (Q * Q)
+            offset = 0
+            for a in range(Q):
+                columns = np.flatnonzero(self.out_tiles[g][a])
+                n = len(columns)
+                if not n:
+                    continue
+                band = sequence[..., offset * tiles_w:(offset + n) * tiles_w]
+                band = band.reshape(B, Cg, H // P, tiles_w, n)
+                for j, s in enumerate(columns):
+                    phases[a * Q + int(s)] = band[..., j]
+                offset += n
+            if Q == 1:
+                outputs.append(phases[0])
+            else:
+                stacked = torch.stack(phases, dim=2).reshape(B, Cg * Q * Q, H // P, tiles_w)
+                outputs.append(F.pixel_shuffle(stacked, Q))
+        return torch.cat(outputs, dim=1)
+
+
+@dataclass(frozen=True)
+class StepMask:
+    """Mask of one coding step at its scale: ``period``-periodic, ``groups`` channel groups."""
+
+    groups: int
+    tile: np.ndarray  # (C, period, period) float32
+
+    def full(self, like: torch.Tensor) -> torch.Tensor:
+        period = self.tile.shape[-1]
+        tile = torch.as_tensor(self.tile, dtype=like.dtype, device=like.device)[None]
+        return tile.repeat(1, 1, like.shape[-2] // period, like.shape[-1] // period)
+
+    def to_dense(self, masked: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) with this step's values (zeros elsewhere) -> (B, C/groups, h, w) symbol block."""
+        B, C, h, w = masked.shape
+        return masked.reshape(B, self.groups, C // self.groups, h, w).sum(1)
+
+    def from_dense(self, dense: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``to_dense``: repeat the block over the groups and keep this step's positions."""
+        return dense.repeat(1, self.groups, 1, 1) * self.full(dense)
+
+
+class ScaleLayout:
+    """All static maps of HPCM's progressive split for y with ``channels`` channels (multiple of 8)."""
+
+    def __init__(self, channels: int) -> None:
+        if channels % 8:
+            raise ValueError("HPCM's progressive split needs a multiple of 8 latent channels")
+        C = channels
+        s2_lattice = _tiles(8, 4, [_S3_PATTERNS[a] + _S3_PATTERNS[b] for a, b in _S2_LATTICE_PATTERNS])
+        s1_in_half = _tiles(4, 2, [(p,) for p in _HALF_PHASES])
+        s1_not_in_half = tuple(~t for t in s1_in_half)
+        s2_hyper_source = tuple(
+            lattice & ~excluded
+            for lattice, excluded in zip(s2_lattice, _tiles(8, 4, [(p,) for p in _S1_EXCLUDED_FULL]))
+        )
+
+        self.full_to_s2 = RasterMap(4, 2, s2_lattice, _dense(8, 2))
+        self.s2_to_s1 = RasterMap(2, 1, s1_in_half, _dense(4, 1))
+        self.s1_to_s2 = RasterMap(1, 2, _dense(4, 1), s1_in_half)
+        self.s2_to_full = RasterMap(2, 4, _dense(8, 2), s2_lattice)
+        # The official gather runs over all channels at once with per-group masks of 8 groups on the
+        # input side and 4 groups on the output side; refine both to 8 groups of C/8.
+        self.full_to_s2_hyper = RasterMap(
+            4, 2, s2_hyper_source, tuple(s1_not_in_half[g // 2] for g in range(8))
+        )
+        self.s3_hyper_keep = np.repeat(~np.stack(s2_lattice), C // 8, axis=0).astype(np.float32)
+
+        def masks(groups: int, period: int, phases_of_part) -> list[StepMask]:
+            return [
+                StepMask(groups, np.repeat(np.stack(_tiles(groups, period, part)), C // groups, 0).astype(np.float32))
+                for part in phases_of_part
+            ]
+
+        self.s1_masks = masks(2, 2, [[_CHECKERBOARD[g] for g in part] for part in _S1_PART_PATTERN])
+        self.s2_masks = masks(4, 2, [[(_HALF_PHASES[g],) for g in part] for part in _S2_PART_PHASE])
+        self.s3_masks = masks(8, 4, [[_S3_PATTERNS[g] for g in part] for part in _S3_PART_PATTERN])
+
+    def s3_hyper(self, params: torch.Tensor) -> torch.Tensor:
+        """Hyper parameters at the positions s3 still has to code (s2 lattice zeroed)."""
+        keep = torch.as_tensor(self.s3_hyper_keep, dtype=params.dtype, device=params.device)[None]
+        return params * keep.repeat(1, 1, params.shape[-2] // 4, params.shape[-1] // 4)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from hpcm.models.layout import ScaleLayout
+
+from . import official_masks as om
+
+C = 16
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return ScaleLayout(C)
+
+
+@pytest.mark.parametrize("H,W", [(8, 8), (16, 24), (24, 16), (32, 40)])
+def test_static_moves_equal_official_boolean_masks(layout, H, W):
+    torch.manual_seed(0)
+    y = torch.randn(2, C, H, W)
+    y_s2 = om.select(y, om.mask_s2(C, H, W), H // 2, W // 2)
+    y_s1 = om.select(y_s2, om.mask_rec_s2(C, H // 2, W // 2), H // 4, W // 4)
+    assert torch.equal(layout.full_to_s2.apply(y), y_s2)
+    assert torch.equal(layout.s2_to_s1.apply(y_s2), y_s1)
+    assert torch.equal(layout.s1_to_s2.apply(y_s1), om.scatter(y_s1, om.mask_rec_s2(C, H // 2, W // 2), H // 2, W // 2))
+    assert torch.equal(layout.s2_to_full.apply(y_s2), om.scatter(y_s2, om.mask_s2(C, H, W), H, W))
+    assert torch.equal(layout.full_to_s2_hyper.apply(y), om.s2_hyper(y, C, H, W))
+    assert torch.equal(layout.s3_hyper(y), om.s3_hyper(y, C, H, W))
+
+
+@pytest.mark.parametrize("H,W", [(8, 8), (16, 24)])
+def test_step_masks_equal_official(layout, H, W):
+    like_s1 = torch.zeros(1, C, H // 4, W // 4)
+    like_s2 = torch.zeros(1, C, H // 2, W // 2)
+    like_s3 = torch.zeros(1, C, H, W)
+    for ours, theirs in zip(layout.s1_masks, om.step_masks_s1(C, H // 4, W // 4)):
+        assert torch.equal(ours.full(like_s1), theirs)
+    for ours, theirs in zip(layout.s2_masks, om.step_masks_s2(C, H // 2, W // 2)):
+        assert torch.equal(ours.full(like_s2), theirs)
+    for ours, theirs in zip(layout.s3_masks, om.step_masks_s3(C, H, W)):
+        assert torch.equal(ours.full(like_s3), theirs)
+
+
+def test_dense_blocks_round_trip(layout):
+    y = torch.randn(1, C, 16, 24)
+    for mask in layout.s3_masks:
+        masked = y * mask.full(y)
+        dense = mask.to_dense(masked)
+        assert dense.shape == (1, C // 8, 16, 24)
+        assert torch.equal(mask.from_dense(dense), masked)
+
+
+def test_step_masks_partition_every_position(layout):
+    like = torch.zeros(1, C, 8, 8)
+    assert torch.equal(sum(m.full(like) for m in layout.s3_masks), torch.ones_like(like))
