@@ -32,9 +32,11 @@ CLOSED_FORM_SPREAD_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 
 def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
     """sum over i < t (or i > t when reverse) along the last axis."""
+    # Shift the inclusive sum instead of subtracting x from it: the subtraction cancels
+    # catastrophically where the current term dominates the earlier ones.
     if reverse:
         x = x.flip(-1)
-    total = torch.cumsum(x, dim=-1) - x
+    total = torch.nn.functional.pad(torch.cumsum(x, dim=-1)[..., :-1], (1, 0))
     return total.flip(-1) if reverse else total
 
 

@@ -1,0 +1,36 @@
+"""``hpcm`` command line: model tools, codec, export and deployment commands.
+
+Each command module lists its click commands in ``commands``; heavy imports stay inside the
+commands so that ``hpcm --help`` is instant (as in Polygraphy).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpcm-rwkv")
+def main() -> None:
+    """HPCM learned image codecs with bi-directional RWKV context models.
+
+    \b
+    Model tools:  info, convert, train
+    Codec:        encode, decode, mismatch
+    Deployment:   export (also `hpcm-export`), check, build
+    """
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != _name:
+            raise
+        continue
+    for _command in _module.commands:
+        main.add_command(_command)

@@ -1,0 +1,92 @@
+"""Model commands: ``hpcm info``, ``hpcm convert``, ``hpcm train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def variant_option(default: str | None = "phase2"):
+    return click.option(
+        "--variant", "-v", default=default, show_default=True,
+        help="baseline, phase1, phase2, phase3, phase4, or a variant .json file",
+    )
+
+
+def _load(variant: str | None, checkpoint: Path | None):
+    from hpcm.models import build_model
+    from hpcm.models.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        if checkpoint:
+            return load_checkpoint(checkpoint, variant)
+        return build_model(variant or "phase2", seed=0)
+    except (CheckpointError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@variant_option(default=None)
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="read the variant and weights from here")
+def info(variant: str | None, checkpoint: Path | None) -> None:
+    """Print the parameters of every module of a variant and the total."""
+    from hpcm.models.checkpoint import parameter_table
+
+    model = _load(variant or (None if checkpoint else "phase2"), checkpoint)
+    spec = model.spec
+    click.echo(f"variant {spec.name}: {spec.description}")
+    click.echo(f"M={spec.M} N={spec.N}, image sides must be multiples of {model.alignment} px")
+    for name, count in parameter_table(model):
+        click.echo(f"  {name:<40} {count:>12,}  ({count / 1e6:.2f} M)")
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--to", "target", required=True, help="target variant (name or .json)")
+@click.option("--from", "source_variant", default=None, help="variant of SOURCE when it is an official/raw state_dict")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True)
+@click.option("--seed", default=0, show_default=True, help="seed of the fresh initialisation of new modules")
+def convert(source: Path, target: str, source_variant: str | None, output: Path, seed: int) -> None:
+    """Migrate a checkpoint to another variant (e.g. phase1 -> phase2): every tensor with the same
+    name and shape is carried, new modules are initialised, and both lists are reported."""
+    from hpcm.models.checkpoint import convert_model, save_checkpoint
+
+    model = _load(source_variant, source)
+    try:
+        converted, report = convert_model(model, target, seed=seed)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    save_checkpoint(converted, output)
+    click.echo(f"{model.spec.name} -> {converted.spec.name}: {report.summary()}")
+    click.echo(f"wrote {output}")
+
+
+@click.command()
+@click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@variant_option()
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="start from these weights")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="checkpoint to write")
+@click.option("--steps", default=100, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--crop", default=256, show_default=True, help="square crop side (multiple of the alignment)")
+@click.option("--lmbda", default=0.0067, show_default=True, help="rate-distortion trade-off")
+@click.option("--lr", default=1e-4, show_default=True, help="learning rate (decay/boost get a tenth)")
+@click.option("--device", default="cpu", show_default=True)
+def train(images: Path, variant: str, checkpoint: Path | None, output: Path, steps: int, batch_size: int,
+          crop: int, lmbda: float, lr: float, device: str) -> None:
+    """Train on random crops of a folder of images (loss lambda*255^2*MSE + bpp); a convenience."""
+    from hpcm.models.checkpoint import save_checkpoint
+    from hpcm.models.train import TrainConfig, train as run
+
+    model = _load(variant, checkpoint)
+    config = TrainConfig(images=images, steps=steps, batch_size=batch_size, crop=crop, lmbda=lmbda, lr=lr, device=device)
+    try:
+        run(model, config, log=click.echo)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    save_checkpoint(model.cpu(), output)
+    click.echo(f"wrote {output}")
+
+
+commands = [info, convert, train]
