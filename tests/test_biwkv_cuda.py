@@ -1,0 +1,123 @@
+"""The CUDA kernel of hpcm::biwkv against the float64 scan of reference.py (needs a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpcm.plugins.biwkv import biwkv_eager, biwkv_scan
+from hpcm.plugins.biwkv import cuda as biwkv_cuda
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU and a CUDA build of PyTorch (torch.cuda.is_available() is False)",
+)
+
+
+def gpu(test):
+    return pytest.mark.gpu(requires_cuda(test))
+
+
+# Outputs are weighted means of v in [-1, 1], so one absolute-plus-relative bound fits all rows.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3}
+
+
+def make_inputs(B: int, C: int, T: int, dtype: torch.dtype, seed: int, absolute_decay: bool = False):
+    """CPU tensors like the RWKV cells produce: w = decay / T, u = boost / T, k in [-4, 4], v in [-1, 1].
+
+    With absolute_decay, w is a positive 0.1-scale rate per token, so exponents span thousands over a
+    row: only a rescaling scan stays finite.
+    """
+    g = torch.Generator().manual_seed(seed)
+    decay = torch.rand(C, generator=g) * 6 - 3
+    w = 0.1 * decay.abs() if absolute_decay else decay / T
+    u = (torch.rand(C, generator=g) * 4 - 2) / T
+    k = (torch.rand(B, C, T, generator=g) * 8 - 4).to(dtype)
+    v = (torch.rand(B, C, T, generator=g) * 2 - 1).to(dtype)
+    return w, u, k, v
+
+
+def check_against_reference(extension, w, u, k, v) -> None:
+    expected = biwkv_scan(w, u, k, v)
+    y = extension.forward(w.cuda(), u.cuda(), k.cuda(), v.cuda())
+    assert y.dtype == k.dtype and y.shape == k.shape and y.is_contiguous()
+    tol = TOLERANCE[k.dtype]
+    torch.testing.assert_close(y.cpu().double(), expected, rtol=tol, atol=tol)
+
+
+def _cases():
+    for dtype in (torch.float32, torch.float16):
+        for T in (1, 7, 32, 33, 1536, 34560):
+            for C in (32, 640):
+                for B in (1, 4):
+                    # The float64 reference loops over T in Python; keep the 4K-sized rows at B=1.
+                    if T == 34560 and B > 1:
+                        continue
+                    yield pytest.param(B, C, T, dtype, id=f"B{B}-C{C}-T{T}-{str(dtype).removeprefix('torch.')}")
+
+
+@pytest.fixture(scope="module")
+def extension():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and a CUDA build of PyTorch (torch.cuda.is_available() is False)")
+    return biwkv_cuda.load_cuda_kernel()
+
+
+@gpu
+@pytest.mark.parametrize(("B", "C", "T", "dtype"), list(_cases()))
+def test_matches_float64_scan(extension, B, C, T, dtype):
+    check_against_reference(extension, *make_inputs(B, C, T, dtype, seed=T * 7 + C + B))
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("T", [2049, 5000])
+def test_large_exponent_range(extension, T, dtype):
+    check_against_reference(extension, *make_inputs(2, 8, T, dtype, seed=T, absolute_decay=True))
+
+
+@gpu
+def test_custom_op_dispatches_to_kernel(extension):
+    w, u, k, v = (x.cuda() for x in make_inputs(2, 16, 3000, torch.float32, seed=1))
+    assert torch.equal(torch.ops.hpcm.biwkv(w, u, k, v), extension.forward(w, u, k, v))
+
+
+@gpu
+def test_non_contiguous_inputs(extension):
+    w, u, k, v = make_inputs(2, 16, 300, torch.float32, seed=2)
+    k_strided = k.cuda().transpose(1, 2).contiguous().transpose(1, 2)
+    v_strided = v.cuda().transpose(1, 2).contiguous().transpose(1, 2)
+    assert not k_strided.is_contiguous()
+    y = torch.ops.hpcm.biwkv(w.cuda(), u.cuda(), k_strided, v_strided)
+    torch.testing.assert_close(y.cpu().double(), biwkv_scan(w, u, k, v), rtol=1e-5, atol=1e-5)
+
+
+@gpu
+def test_runs_on_current_stream(extension):
+    w, u, k, v = (x.cuda() for x in make_inputs(1, 32, 9000, torch.float16, seed=3))
+    expected = extension.forward(w, u, k, v)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        y = extension.forward(w, u, k, v)
+    stream.synchronize()
+    assert torch.equal(y, expected)
+
+
+@gpu
+def test_float64_keeps_vectorised_path(extension):
+    w, u, k, v = (x.cuda() for x in make_inputs(1, 4, 100, torch.float64, seed=4))
+    torch.testing.assert_close(torch.ops.hpcm.biwkv(w, u, k, v), biwkv_eager(w, u, k, v))
+
+
+@gpu
+def test_empty_batch(extension):
+    w, u, k, v = (x.cuda() for x in make_inputs(0, 4, 50, torch.float32, seed=5))
+    assert extension.forward(w, u, k, v).shape == (0, 4, 50)
+
+
+def test_load_without_cuda_explains(monkeypatch):
+    monkeypatch.setattr(biwkv_cuda, "_extension", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA build of PyTorch"):
+        biwkv_cuda.load_cuda_kernel()
