@@ -73,25 +73,30 @@ def ggm_upper_quantile(tail: float, beta: float) -> float:
 def quantize_pmf(pmf: torch.Tensor, precision: int = 16) -> torch.Tensor:
     """Integer frequencies summing to ``2**precision`` with every symbol at least 1.
 
-    Each symbol first gets 1, the remaining ``2**precision - n`` counts are shared in proportion to
-    the probabilities (floor), and the counts lost to flooring go to the largest fractional parts,
-    ties broken by the lower symbol, so the result is a deterministic function of the float64 pmf.
+    Frequencies start at ``max(1, floor(p * 2**precision))``; counts still missing go to the largest
+    fractional parts, and counts in excess (from the minimum of 1) are taken from the largest
+    frequencies, where one count costs the least. Sorting is stable, so ties go to the lower symbol
+    and the result is a deterministic function of the float64 pmf.
     """
     n = pmf.numel()
     total = 1 << precision
     if n > total:
         raise ValueError(f"{n} symbols do not fit {precision}-bit frequencies")
     p = pmf.to(torch.float64).clamp_min(0.0)
-    p = p / p.sum()
-    share = p * float(total - n)
+    share = p / p.sum() * float(total)
     base = torch.floor(share)
-    freq = base.to(torch.int64) + 1
+    freq = base.to(torch.int64).clamp_min(1)
     missing = total - int(freq.sum())
     if missing > 0:
-        remainder = share - base
-        # stable sort by descending remainder keeps lower symbols first among ties
+        # floor(share) sums to at least total - n + 1, so at most n - 1 counts are missing
+        remainder = torch.where(base >= 1, share - base, torch.full_like(share, -1.0))
         order = torch.sort(-remainder, stable=True).indices
         freq[order[:missing]] += 1
+    while missing < 0:
+        order = torch.sort(-freq, stable=True).indices
+        take = order[: min(-missing, int((freq > 1).sum()))]
+        freq[take] -= 1
+        missing += take.numel()
     return freq
 
 

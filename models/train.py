@@ -98,7 +98,7 @@ def train(model: HPCM, config: TrainConfig, log: Optional[Callable[[str], None]]
         optimizer.step()
         losses.append(float(terms["loss"].detach()))
         if log and (step == 1 or step % 10 == 0 or step == config.steps):
-            log(f"step {step}/{config.steps}  loss {losses[-1]:.4f}  bpp {float(terms['bpp']):.4f}  "
-                f"mse {float(terms['mse']):.6f}  {time.perf_counter() - start:.1f}s")
+            log(f"step {step}/{config.steps}  loss {losses[-1]:.4f}  bpp {float(terms['bpp'].detach()):.4f}  "
+                f"mse {float(terms['mse'].detach()):.6f}  {time.perf_counter() - start:.1f}s")
     model.eval()
     return losses

@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds")
+COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds", "hpcm.cli.deploy_cmds")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,149 @@
+"""Container format of an HPCM bitstream (.hpcm).
+
+All integers little-endian::
+
+    magic            4 bytes  b"HPCM"
+    version          u8       FORMAT_VERSION
+    variant          u8 length + ASCII        (at most MAX_NAME bytes)
+    weights digest   8 bytes (SHA-256 prefix of the model's weights, CDF tables excluded)
+    tables digest    8 bytes (SHA-256 prefix of the stored scale table and CDF tables)
+    backend digest   8 bytes (SHA-256 prefix of the description of what computed the entropy
+                     parameters and at what precision, e.g. "torch-2.13.0+cpu/cpu/float32")
+    height, width    u32, u32                 (original image size)
+    pad bottom/right u16, u16                 (replicate padding added by the encoder)
+    streams          u8 count, then per stream: u32 length, u32 CRC-32
+    header CRC-32    u32 over every byte above
+    payload          the streams, back to back; the file ends exactly after the last one
+
+Parsing touches only the header and the CRCs, never a network, so a corrupt file fails in
+microseconds with a BitstreamError; every length is checked against the bytes actually present
+before anything is allocated from it.
+
+The digests are 8 bytes, not full hashes: they guard against decoding with the wrong model or on
+the wrong backend by accident, not against forgery, and every header byte costs rate on small images.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import BitstreamError
+
+MAGIC = b"HPCM"
+FORMAT_VERSION = 1
+MAX_NAME = 64
+MAX_STREAMS = 8
+MAX_SIDE = 1 << 16
+DIGEST_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Header:
+    variant: str
+    weights_digest: bytes
+    tables_digest: bytes
+    backend_digest: bytes
+    height: int
+    width: int
+    pad_bottom: int
+    pad_right: int
+
+
+def _name(field: str, value: str) -> bytes:
+    raw = value.encode("ascii")
+    if len(raw) > MAX_NAME:
+        raise ValueError(f"{field} longer than {MAX_NAME} bytes: {value!r}")
+    return bytes([len(raw)]) + raw
+
+
+def pack(header: Header, streams: list[bytes]) -> bytes:
+    """Serialise a header and its streams."""
+    if not 0 < header.height <= MAX_SIDE or not 0 < header.width <= MAX_SIDE:
+        raise ValueError(f"image sides must be in 1..{MAX_SIDE}")
+    if not 0 <= header.pad_bottom < 1 << 16 or not 0 <= header.pad_right < 1 << 16:
+        raise ValueError("padding out of range")
+    digests = (header.weights_digest, header.tables_digest, header.backend_digest)
+    if any(len(d) != DIGEST_BYTES for d in digests):
+        raise ValueError(f"digests must be {DIGEST_BYTES} bytes")
+    if not 0 < len(streams) <= MAX_STREAMS:
+        raise ValueError(f"1..{MAX_STREAMS} streams")
+    head = bytearray(MAGIC)
+    head.append(FORMAT_VERSION)
+    head += _name("variant", header.variant)
+    head += b"".join(digests)
+    head += struct.pack("<IIHH", header.height, header.width, header.pad_bottom, header.pad_right)
+    head.append(len(streams))
+    for s in streams:
+        head += struct.pack("<II", len(s), zlib.crc32(s))
+    head += struct.pack("<I", zlib.crc32(bytes(head)))
+    return bytes(head) + b"".join(streams)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.data):
+            raise BitstreamError(f"bitstream truncated inside the header ({what})")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def name(self, what: str) -> str:
+        n = self.take(1, what)[0]
+        if n > MAX_NAME:
+            raise BitstreamError(f"{what} field too long ({n} bytes)")
+        raw = self.take(n, what)
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError as err:
+            raise BitstreamError(f"{what} field is not ASCII") from err
+        if not text.isprintable():
+            raise BitstreamError(f"{what} field has control characters")
+        return text
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes]]:
+    """Parse and verify a bitstream; raises BitstreamError on any inconsistency."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise BitstreamError("bitstream must be bytes")
+    data = bytes(data)
+    r = _Reader(data)
+    if r.take(4, "magic") != MAGIC:
+        raise BitstreamError("not an HPCM bitstream (bad magic)")
+    version = r.take(1, "version")[0]
+    if version != FORMAT_VERSION:
+        raise BitstreamError(f"unsupported bitstream format version {version} (this decoder reads {FORMAT_VERSION})")
+    variant = r.name("variant")
+    weights_digest = r.take(DIGEST_BYTES, "weights digest")
+    tables_digest = r.take(DIGEST_BYTES, "tables digest")
+    backend_digest = r.take(DIGEST_BYTES, "backend digest")
+    height, width, pad_bottom, pad_right = struct.unpack("<IIHH", r.take(12, "image size"))
+    count = r.take(1, "stream count")[0]
+    if not 0 < count <= MAX_STREAMS:
+        raise BitstreamError(f"invalid stream count {count}")
+    entries = [struct.unpack("<II", r.take(8, "stream table")) for _ in range(count)]
+    (crc,) = struct.unpack("<I", r.take(4, "header CRC"))
+    if zlib.crc32(data[: r.pos - 4]) != crc:
+        raise BitstreamError("header CRC mismatch: the header is corrupt")
+    # checked after the CRC so that a corrupt field reports as corruption, not as a bad value
+    if not 0 < height <= MAX_SIDE or not 0 < width <= MAX_SIDE:
+        raise BitstreamError(f"image size {width}x{height} out of range")
+    total = sum(length for length, _ in entries)
+    if r.pos + total != len(data):
+        raise BitstreamError(
+            f"bitstream is {len(data)} bytes but its header describes {r.pos + total}: truncated or extended")
+    streams = []
+    pos = r.pos
+    for i, (length, stream_crc) in enumerate(entries):
+        s = data[pos:pos + length]
+        if zlib.crc32(s) != stream_crc:
+            raise BitstreamError(f"stream {i} CRC mismatch: the payload is corrupt")
+        streams.append(s)
+        pos += length
+    header = Header(variant, weights_digest, tables_digest, backend_digest, height, width, pad_bottom, pad_right)
+    return header, streams
