@@ -1,0 +1,85 @@
+"""Run exported graphs on ONNX Runtime (CPU), including graphs with the custom Bi-WKV node.
+
+Decomposed graphs (``--wkv decomposed``) need nothing beyond ``onnxruntime``. Graphs with the
+contract's custom node run through ``onnxruntime-extensions``: its Python custom ops resolve only
+the domain ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain and opset import
+rewritten, and the op is implemented with the PyTorch reference evaluation (``biwkv_eager``).
+This is a correctness route (CPU, float32), not a fast one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+from hpcm.plugins.biwkv.contract import CONTRACT
+
+CONTRIB_DOMAIN = "ai.onnx.contrib"
+_registered = False
+
+
+def _register_python_op() -> None:
+    global _registered
+    if _registered:
+        return
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, onnx_op
+    except ImportError as exc:  # optional dependency
+        raise RuntimeError(
+            "graphs with the custom Bi-WKV node need `pip install onnxruntime-extensions` on CPU "
+            "(or export with --wkv decomposed)"
+        ) from exc
+    import numpy as np
+    import torch
+
+    from hpcm.plugins.biwkv.op import biwkv_eager
+
+    @onnx_op(op_type=CONTRACT.op_type, domain=CONTRIB_DOMAIN,
+             inputs=[PyCustomOpDef.dt_float] * 4, outputs=[PyCustomOpDef.dt_float],
+             attrs={name: PyCustomOpDef.dt_string for name in CONTRACT.onnx_attributes})
+    def _biwkv(w, u, k, v, **_attrs):
+        with torch.no_grad():
+            y = biwkv_eager(*(torch.from_numpy(np.ascontiguousarray(t)) for t in (w, u, k, v)))
+        return y.numpy()
+
+    _registered = True
+
+
+def to_contrib_domain(model):
+    """A copy of ``model`` whose Bi-WKV nodes live in ``ai.onnx.contrib`` (what ORT-extensions resolves)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    changed = False
+    for node in copy.graph.node:
+        if node.op_type == CONTRACT.op_type and node.domain == CONTRACT.domain:
+            node.domain = CONTRIB_DOMAIN
+            changed = True
+    if changed:
+        imports = [o for o in copy.opset_import if o.domain not in (CONTRACT.domain, CONTRIB_DOMAIN)]
+        del copy.opset_import[:]
+        copy.opset_import.extend(imports)
+        copy.opset_import.append(onnx.helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    return copy, changed
+
+
+def cpu_session(path: Union[str, Path]):
+    """An ``onnxruntime.InferenceSession`` on CPU for an exported graph (custom or decomposed WKV)."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX graph {path} does not exist")
+    model = onnx.load(str(path))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    model, has_custom = to_contrib_domain(model)
+    if not has_custom:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    _register_python_op()
+    from onnxruntime_extensions import get_library_path
+
+    options.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
