@@ -473,6 +473,7 @@ def export_model(
     log: Callable[[str], None] = print,
     checkpoint: Optional[str] = None,
     trained: Optional[bool] = None,
+    seed: Optional[int] = None,
     optimize: bool = True,
 ) -> Path:
     """Export ``model``'s graphs to ``out_dir`` and write the manifest; returns the manifest's path.
@@ -483,6 +484,8 @@ def export_model(
     (constant folding, rewrites); it is about half of the export time of the layout-heavy graphs.
     """
     import onnx
+
+    from hpcm.runtime.codec import weights_digest
 
     if wkv not in WKV_ROUTES:
         raise ExportError(f"unknown --wkv {wkv!r}; use one of {', '.join(WKV_ROUTES)}")
@@ -554,6 +557,8 @@ def export_model(
         "alignment": model.alignment,
         "checkpoint": checkpoint,
         "trained_weights": trained,
+        "seed": seed,
+        "weights_digest": weights_digest(model).hex(),
         "wkv": wkv,
         "wkv_contract": json.loads(CONTRACT_PATH.read_text()),
         "max_abs_decay": decay,

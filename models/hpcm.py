@@ -253,6 +253,11 @@ class HPCM(nn.Module):
         return state.y_hat
 
     # ------------------------------------------------------------------ forward
+    def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, z) of an image: g_a then h_a (one graph in exports)."""
+        y = self.g_a(x)
+        return y, self.h_a(y)
+
     @staticmethod
     def _ste_round(x: torch.Tensor) -> torch.Tensor:
         return (torch.round(x) - x).detach() + x
@@ -278,7 +283,8 @@ class HPCM(nn.Module):
             z_likelihoods = self.entropy_estimation(z_q, self.scales_hyper)
 
         state = self.begin_progressive(self.h_s(z_hat))
-        y_likelihoods = torch.zeros_like(y)
+        # Likelihoods are gathered per scale and lifted to full resolution once per scale.
+        per_scale: list[Optional[torch.Tensor]] = [None, None, None]
         for step in range(self.num_steps):
             scales, means = self.step_parameters(state, step)
             residual = self.step_symbols(y, step) - means
@@ -289,8 +295,10 @@ class HPCM(nn.Module):
                 y_q = torch.round(residual)
                 likelihood = self.entropy_estimation(y_q, scales)
             scale = STEPS[step].scale
-            y_likelihoods = y_likelihoods + self.lift(self.step_mask(step).from_dense(likelihood), scale)
+            placed = self.step_mask(step).from_dense(likelihood)
+            per_scale[scale] = placed if per_scale[scale] is None else per_scale[scale] + placed
             self.advance(state, step, y_q + means)
+        y_likelihoods = sum(self.lift(t, scale) for scale, t in enumerate(per_scale))
         x_hat = self.g_s(self.finish_progressive(state))
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 

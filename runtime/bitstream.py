@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .errors import BitstreamError
 
 MAGIC = b"HPCM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: third stream, the boundary guard
 MAX_NAME = 64
 MAX_STREAMS = 8
 MAX_SIDE = 1 << 16

@@ -1,7 +1,8 @@
 """Image codec: an HPCM model plus the rANS coder and the .hpcm container.
 
 Streams: 0 = z (per-channel tables ``*_z``, row = channel), 1 = y (tables ``*_y``, row = scale
-bucket), coded through the model's 11 progressive steps in order.
+bucket), coded through the model's 11 progressive steps in order, 2 = boundary guard (``guard.py``:
+the buckets of scales that lie too close to a bucket boundary to trust another backend with).
 
 Images of any size are padded at the bottom and right by edge replication (``replicate``) up to
 ``model.alignment``; replication keeps the border free of the artificial edges that zero padding
@@ -32,6 +33,7 @@ from hpcm.models.cdf_tables import scale_indexes
 
 from . import bitstream
 from .errors import BitstreamError
+from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
 from .rans import MAX_ABS_VALUE, CdfTables, RansDecoder, RansEncoder
 
 TABLE_BUFFERS = ("scale_table", "quantized_cdf_y", "cdf_length_y", "offset_y",
@@ -97,9 +99,15 @@ def backend_fingerprint(device: torch.device, dtype: torch.dtype = torch.float32
     return f"torch-{torch.__version__}/{device.type}/{precision}"
 
 
-def backend_digest(device: torch.device, dtype: torch.dtype = torch.float32) -> bytes:
-    """The bitstream's short form of :func:`backend_fingerprint`."""
-    return hashlib.sha256(backend_fingerprint(device, dtype).encode()).digest()[: bitstream.DIGEST_BYTES]
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """The fingerprint of whatever computes ``model``'s entropy parameters: a graph backend's own
+    (``GraphModel.backend_fingerprint``) or eager PyTorch on the model's device."""
+    return getattr(model, "backend_fingerprint", None) or backend_fingerprint(_model_device(model))
+
+
+def backend_digest(fingerprint: str) -> bytes:
+    """The bitstream's short form of a backend fingerprint."""
+    return hashlib.sha256(fingerprint.encode()).digest()[: bitstream.DIGEST_BYTES]
 
 
 def _versions(tensors: list[torch.Tensor]) -> tuple:
@@ -199,7 +207,7 @@ def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
     return torch.round(residual).clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE)
 
 
-def compress_with_state(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult:
+def compress_with_state(model: torch.nn.Module, x: torch.Tensor, guard_epsilon: float = DEFAULT_EPSILON) -> EncodeResult:
     """Encode and keep the encoder's y_hat / z_hat (what a decoder must reproduce exactly)."""
     _check_image(x)
     device = _model_device(model)
@@ -208,8 +216,7 @@ def compress_with_state(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult
     height, width = x.shape[-2:]
     with torch.no_grad(), deterministic_precision(device):
         xp, pad_b, pad_r = pad_image(x.to(device=device, dtype=torch.float32).clamp(0.0, 1.0), model.alignment)
-        y = model.g_a(xp)
-        z = model.h_a(y)
+        y, z = model.analyse(xp)
         z_q = _round_symbols(z - model.means_hyper)
         z_hat = z_q + model.means_hyper
         if z_q.shape[1] != z_tables.count:
@@ -218,10 +225,12 @@ def compress_with_state(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult
         z_enc.encode(z_q, _z_indexes(z_q.shape))
         params = model.h_s(z_hat)
         y_enc = RansEncoder(y_tables)
+        guard = GuardWriter(guard_epsilon)
         state = model.begin_progressive(params)
         for step in range(model.num_steps):
             scales, means = model.step_parameters(state, step)
             q = _round_symbols(model.step_symbols(y, step) - means)
+            guard.add_step(scales, table)
             y_enc.encode(q, scale_indexes(scales, table))
             state = model.advance(state, step, q + means)
         y_hat = model.finish_progressive(state)
@@ -229,16 +238,19 @@ def compress_with_state(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult
         variant=model.spec.name,
         weights_digest=weights_digest(model),
         tables_digest=tables_digest(model),
-        backend_digest=backend_digest(device),
+        backend_digest=backend_digest(model_fingerprint(model)),
         height=int(height), width=int(width), pad_bottom=pad_b, pad_right=pad_r,
     )
-    data = bitstream.pack(header, [z_enc.flush(), y_enc.flush()])
+    data = bitstream.pack(header, [z_enc.flush(), y_enc.flush(), guard.flush()])
     return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
 
 
-def compress(model: torch.nn.Module, x: torch.Tensor) -> bytes:
-    """Encode an image ``x`` in [0, 1] of shape (1, 3, H, W), any H and W."""
-    return compress_with_state(model, x).data
+def compress(model: torch.nn.Module, x: torch.Tensor, guard_epsilon: float = DEFAULT_EPSILON) -> bytes:
+    """Encode an image ``x`` in [0, 1] of shape (1, 3, H, W), any H and W.
+
+    ``guard_epsilon``: relative scale error a decoder on another backend may have and still decode
+    (0 disables the guard stream's positions: same-backend decoding only)."""
+    return compress_with_state(model, x, guard_epsilon).data
 
 
 def inspect(data: bytes) -> bitstream.Header:
@@ -258,8 +270,8 @@ def _validate_for_model(model: torch.nn.Module, header: bitstream.Header, stream
     if header.tables_digest != tables_digest(model):
         raise BitstreamError("bitstream was encoded with different CDF tables; decode with the checkpoint "
                              "that encoded it")
-    if len(streams) != 2:
-        raise BitstreamError(f"expected 2 streams (z, y), found {len(streams)}")
+    if len(streams) != 3:
+        raise BitstreamError(f"expected 3 streams (z, y, guard), found {len(streams)}")
     align = int(model.alignment)
     ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
     if header.pad_bottom >= align or header.pad_right >= align or ph % align or pw % align:
@@ -284,10 +296,11 @@ def decompress_with_state(model: torch.nn.Module, data: bytes) -> DecodeResult:
     header, streams = bitstream.unpack(data)
     _validate_for_model(model, header, streams)
     device = _model_device(model)
-    if header.backend_digest != backend_digest(device):
+    fingerprint = model_fingerprint(model)
+    if header.backend_digest != backend_digest(fingerprint):
         warnings.warn(f"the bitstream's entropy parameters were computed on another backend or precision "
                       f"(fingerprint {header.backend_digest.hex()}) than this decoder's "
-                      f"{backend_fingerprint(device)!r}: scale buckets may differ, so decoding may fail",
+                      f"{fingerprint!r}: scale buckets may differ, so decoding may fail",
                       BackendMismatchWarning, stacklevel=2)
     y_tables, z_tables = _coder_tables(model)
     table = model.scale_table
@@ -300,12 +313,15 @@ def decompress_with_state(model: torch.nn.Module, data: bytes) -> DecodeResult:
         z_hat = z_q.to(device=device, dtype=torch.float32) + model.means_hyper
         params = model.h_s(z_hat)
         y_dec = RansDecoder(streams[1], y_tables)
+        guard = GuardReader(streams[2])
         state = model.begin_progressive(params)
         for step in range(model.num_steps):
             scales, means = model.step_parameters(state, step)
-            q = torch.from_numpy(y_dec.decode(scale_indexes(scales, table))).reshape(scales.shape)
+            indexes = guard.apply_step(scale_indexes(scales, table), scales, table)
+            q = torch.from_numpy(y_dec.decode(indexes)).reshape(scales.shape)
             state = model.advance(state, step, q.to(device=device, dtype=means.dtype) + means)
         y_dec.finish()
+        guard.finish()
         y_hat = model.finish_progressive(state)
         x_hat = model.g_s(y_hat).clamp(0.0, 1.0)[..., : header.height, : header.width]
     return DecodeResult(x_hat=x_hat, y_hat=y_hat, z_hat=z_hat, header=header)

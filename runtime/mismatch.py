@@ -33,7 +33,12 @@ def torch_backend(model: torch.nn.Module, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> EntropyBackend:
     """Eager PyTorch on ``device`` in ``dtype`` (a private copy of the model)."""
     device = torch.device(device)
-    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    return stepping_backend(copy.deepcopy(model).to(device=device, dtype=dtype).eval(), device, dtype)
+
+
+def stepping_backend(net, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> EntropyBackend:
+    """Any object with HPCM's step API (an eager model, or a ``GraphModel`` on ONNX Runtime/TensorRT)."""
+    device = torch.device(device)
 
     def run(z_hat: torch.Tensor, symbols: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
@@ -53,8 +58,8 @@ def reference_symbols(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Te
     device = next(model.parameters()).device
     with torch.no_grad(), deterministic_precision(device):
         xp, _, _ = pad_image(x.to(device=device, dtype=torch.float32), model.alignment)
-        y = model.g_a(xp)
-        z_hat = torch.round(model.h_a(y) - model.means_hyper) + model.means_hyper
+        y, z = model.analyse(xp)
+        z_hat = torch.round(z - model.means_hyper) + model.means_hyper
         state = model.begin_progressive(model.h_s(z_hat))
         symbols = []
         for step in range(model.num_steps):

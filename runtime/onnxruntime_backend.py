@@ -83,3 +83,52 @@ def cpu_session(path: Union[str, Path]):
 
     options.register_custom_ops_library(get_library_path())
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxRuntimeBackend:
+    """The graphs of an export directory as ONNX Runtime sessions (created on first use).
+
+    ``device="cuda"`` uses the CUDA execution provider of ``onnxruntime-gpu``; the custom Bi-WKV node
+    then still runs on CPU through ``onnxruntime-extensions`` (decomposed exports run wholly on GPU).
+    """
+
+    def __init__(self, export_dir: Union[str, Path], device: str = "cpu") -> None:
+        import json
+
+        import onnxruntime as ort
+
+        self.export_dir = Path(export_dir)
+        manifest_path = self.export_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path} does not exist: is {self.export_dir} an hpcm-export directory?")
+        self.manifest = json.loads(manifest_path.read_text())
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("ONNX Runtime has no CUDA execution provider here: pip install onnxruntime-gpu")
+        self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.fingerprint = (f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{self.manifest['wkv']}/"
+                            f"{self.manifest['precision']}")
+        self._sessions: dict = {}
+
+    @property
+    def graphs(self) -> list[str]:
+        return list(self.manifest["graphs"])
+
+    def session(self, graph: str):
+        if graph not in self._sessions:
+            if graph not in self.manifest["graphs"]:
+                raise KeyError(f"graph {graph!r} is not in {self.export_dir} (has {', '.join(self.graphs)})")
+            path = self.export_dir / self.manifest["graphs"][graph]["file"]
+            session = cpu_session(path)
+            if self.providers[0] != "CPUExecutionProvider":
+                session.set_providers(self.providers)
+            self._sessions[graph] = session
+        return self._sessions[graph]
+
+    def run(self, graph: str, inputs: dict):
+        """Run ``graph`` on torch tensors; returns its outputs by name as float32 CPU tensors."""
+        import torch
+
+        session = self.session(graph)
+        feed = {i.name: inputs[i.name].detach().to("cpu", torch.float32).contiguous().numpy() for i in session.get_inputs()}
+        names = [o.name for o in session.get_outputs()]
+        return {n: torch.from_numpy(v) for n, v in zip(names, session.run(names, feed))}

@@ -110,13 +110,14 @@ def test_forged_payloads_decode_or_raise(model: torch.nn.Module, encoded: bytes)
     """Valid CRCs around a garbled y stream: the rANS checks must still catch it (or decode)."""
     hdr, streams = unpack(encoded)
     rng = np.random.default_rng(7)
-    for _ in range(3):
-        y = bytearray(streams[1])
-        y[rng.integers(len(y))] ^= int(rng.integers(1, 256))
-        try:
-            codec.decompress(model, pack(hdr, [streams[0], bytes(y)]))
-        except BitstreamError:
-            pass
+    for stream in (1, 2):
+        for _ in range(3):
+            forged = [bytearray(s) for s in streams]
+            forged[stream][rng.integers(len(forged[stream]))] ^= int(rng.integers(1, 256))
+            try:
+                codec.decompress(model, pack(hdr, [bytes(s) for s in forged]))
+            except BitstreamError:
+                pass
 
 
 def test_oversized_claims_are_rejected_before_networks(model: torch.nn.Module, encoded: bytes) -> None:

@@ -44,4 +44,67 @@ def build(export_dir: Path, precision: str, min_size, opt_size, max_size, cache_
         raise click.ClickException(str(exc)) from exc
 
 
-commands = [build]
+
+
+@click.command()
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider (TensorRT always runs on CUDA)")
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="weights the export was made from")
+@click.option("--images", type=click.Path(path_type=Path), help="folder of images (default ../shared/data/kodak)")
+@click.option("--limit", default=2, show_default=True, help="number of images")
+@click.option("--crop", type=int, help="top-left crop side in pixels (faster checks)")
+@click.option("--graph", "graphs", multiple=True, help="check only these graphs (default: all in the export)")
+@click.option("--max-abs-error", default=1e-3, show_default=True, help="per-graph tolerance (forward is reported only)")
+@click.option("--max-index-mismatches", default=0, show_default=True)
+@click.option("--max-psnr-diff", default=0.01, show_default=True, help="dB, cross-backend decodes vs eager")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
+def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, images: Path | None, limit: int,
+          crop: int | None, graphs: tuple[str, ...], max_abs_error: float, max_index_mismatches: int,
+          max_psnr_diff: float, report_path: Path | None) -> None:
+    """Compare an export on a backend with eager PyTorch: every graph, the codec across backends, and
+    scale-index mismatches per step. Exits non-zero when a tolerance is exceeded."""
+    import json
+
+    from hpcm.runtime.check import Tolerances, check_export
+    from hpcm.runtime.export_loading import load_export_model
+    from hpcm.runtime.mismatch import load_images
+
+    try:
+        model = load_export_model(export_dir, checkpoint)
+        if backend == "onnxruntime":
+            from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            runner = OnnxRuntimeBackend(export_dir, device=device)
+        else:
+            from hpcm.runtime.tensorrt_backend import TensorRTBackend
+
+            runner = TensorRTBackend(export_dir, log=click.echo)
+            model = model.cuda()
+        folder = images or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kodak"
+        if not folder.is_dir():
+            click.echo(f"{folder} not found: using synthetic images", err=True)
+        pictures = load_images(folder, limit, crop)
+        report = check_export(model, runner, pictures, Tolerances(max_abs_error, max_index_mismatches, max_psnr_diff),
+                              graphs=list(graphs) or None, log=click.echo)
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for graph, runs in report["graphs"].items():
+        worst = {k: max(r["outputs"][k]["max"] for r in runs) for k in runs[0]["outputs"]}
+        click.echo(f"  {graph:<18} " + "  ".join(f"{k} max {v:.2e}" for k, v in worst.items()))
+    for entry in report["codec"]:
+        click.echo(f"  codec {entry['image']}: bpp eager {entry['bpp_eager']:.4f} backend {entry['bpp_backend']:.4f}; "
+                   + ", ".join(f"{r} {'ok' if entry[r]['ok'] else 'FAILED'}"
+                               for r in ("eager_to_backend", "backend_to_eager")))
+    totals = report["index_mismatches"]["totals"]["backend"]
+    click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols")
+    if report_path:
+        report_path.write_text(json.dumps(report, indent=2))
+        click.echo(f"report: {report_path}")
+    if not report["passed"]:
+        raise click.ClickException("check failed: " + "; ".join(report["failures"]))
+    click.echo("check passed")
+
+
+commands = [build, check]

@@ -44,12 +44,14 @@ def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs,
                        "with UNTRAINED weights; the graphs are for plumbing and shape tests only.", err=True)
     except (CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    if not model.has_entropy_tables:
+        model.update()
 
     try:
         manifest = export_model(
             model, output, wkv=wkv, opset=opset, sizes=tuple(opt_size), graphs=graphs or None,
             precision=precision, log=click.echo, checkpoint=str(checkpoint) if checkpoint else None,
-            trained=trained, optimize=not no_optimize,
+            trained=trained, optimize=not no_optimize, seed=None if trained else seed,
         )
     except (ExportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
