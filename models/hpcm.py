@@ -216,10 +216,11 @@ class HPCM(nn.Module):
         full = mask.full(scales)
         return mask.to_dense(scales * full), mask.to_dense(means * full)
 
-    def step_symbols(self, y: torch.Tensor, step: int) -> torch.Tensor:
-        """Encoder side: the y values coded in step ``step``, as a dense block."""
+    def step_symbols(self, y: torch.Tensor, step: int, y_at_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Encoder side: the y values coded in step ``step``, as a dense block (``y_at_scale``: y
+        already moved to the step's scale, to avoid moving it again for every step)."""
         mask = self.step_mask(step)
-        y_scale = self.at_scale(y, STEPS[step].scale)
+        y_scale = self.at_scale(y, STEPS[step].scale) if y_at_scale is None else y_at_scale
         return mask.to_dense(y_scale * mask.full(y_scale))
 
     def transition(self, scale: int, state: ProgressiveState) -> None:
@@ -285,9 +286,11 @@ class HPCM(nn.Module):
         state = self.begin_progressive(self.h_s(z_hat))
         # Likelihoods are gathered per scale and lifted to full resolution once per scale.
         per_scale: list[Optional[torch.Tensor]] = [None, None, None]
+        y_s2 = self.layout.full_to_s2.apply(y)
+        y_scales = (self.layout.s2_to_s1.apply(y_s2), y_s2, y)
         for step in range(self.num_steps):
             scales, means = self.step_parameters(state, step)
-            residual = self.step_symbols(y, step) - means
+            residual = self.step_symbols(y, step, y_scales[STEPS[step].scale]) - means
             if training:
                 y_q = self._ste_round(residual)
                 likelihood = self.entropy_estimation(self._add_noise(residual), scales)

@@ -16,6 +16,8 @@ Sides of y must be multiples of 8 (the official 8x8 mask tiling; s1 is then even
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Optional
 
 import numpy as np
 import torch
@@ -81,11 +83,52 @@ class RasterMap:
     in_tiles: tuple[np.ndarray, ...]  # per channel group, (in_period, in_period) bool
     out_tiles: tuple[np.ndarray, ...]  # per channel group, (out_period, out_period) bool
 
+    @cached_property
+    def _tile_local_phases(self) -> Optional[list[list[int]]]:
+        """Per group, the input phase feeding each output phase (-1: zero), when every tile is moved
+        on its own: that holds when the non-empty rows of both tiles carry the same counts in the
+        same order, so the raster sequence never re-flows across a row. None otherwise."""
+        phases = []
+        for tile_in, tile_out in zip(self.in_tiles, self.out_tiles):
+            rows_in = [(r, np.flatnonzero(row)) for r, row in enumerate(tile_in) if row.any()]
+            rows_out = [(a, np.flatnonzero(row)) for a, row in enumerate(tile_out) if row.any()]
+            if [len(c) for _, c in rows_in] != [len(c) for _, c in rows_out]:
+                return None
+            table = [-1] * (self.out_period**2)
+            for (r, cols_in), (a, cols_out) in zip(rows_in, rows_out):
+                for s, t in zip(cols_in, cols_out):
+                    table[a * self.out_period + int(t)] = r * self.in_period + int(s)
+            phases.append(table)
+        return phases
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         groups = len(self.in_tiles)
         B, C, H, W = x.shape
         if C % groups:
             raise ValueError(f"layout map with {groups} channel groups applied to {C} channels")
+        phases = self._tile_local_phases
+        if phases is not None:
+            return self._apply_tile_local(x, phases)
+        return self._apply_reflow(x)
+
+    def _apply_tile_local(self, x: torch.Tensor, phases: list[list[int]]) -> torch.Tensor:
+        """unshuffle by the input period, one constant channel gather, shuffle by the output period."""
+        groups = len(phases)
+        C = x.shape[1]
+        P, Q = self.in_period, self.out_period
+        per_channel = np.repeat(np.asarray(phases, dtype=np.int64), C // groups, axis=0)  # (C, Q*Q)
+        index = (np.arange(C)[:, None] * P * P + np.maximum(per_channel, 0)).reshape(-1)
+        if P > 1:
+            x = F.pixel_unshuffle(x, P)
+        x = x.index_select(1, torch.as_tensor(index, device=x.device))
+        if (per_channel < 0).any():
+            keep = torch.as_tensor((per_channel >= 0).reshape(1, -1, 1, 1), dtype=x.dtype, device=x.device)
+            x = x * keep
+        return F.pixel_shuffle(x, Q) if Q > 1 else x
+
+    def _apply_reflow(self, x: torch.Tensor) -> torch.Tensor:
+        groups = len(self.in_tiles)
+        B, C, H, W = x.shape
         Cg = C // groups
         P, Q = self.in_period, self.out_period
         outputs = []

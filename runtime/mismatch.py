@@ -25,6 +25,7 @@ import torch
 from hpcm.models.cdf_tables import scale_indexes
 
 from .codec import deterministic_precision, pad_image
+from .guard import DEFAULT_EPSILON, nearest_boundary
 
 EntropyBackend = Callable[[torch.Tensor, Sequence[torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -71,9 +72,10 @@ def reference_symbols(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Te
 
 
 def count_mismatches(model: torch.nn.Module, images: Iterable[tuple[str, torch.Tensor]],
-                     backends: dict[str, EntropyBackend]) -> dict:
-    """Per image and step: symbols, index mismatches against the first backend, and the largest
-    relative scale and absolute mean differences. Returns a JSON-ready dict."""
+                     backends: dict[str, EntropyBackend], guard_epsilon: float = DEFAULT_EPSILON) -> dict:
+    """Per image and step: symbols, index mismatches against the first backend, those of them the
+    boundary guard (``guard_epsilon``) does not cover, and the largest relative scale and absolute
+    mean differences. Returns a JSON-ready dict."""
     if len(backends) < 2:
         raise ValueError("need at least two backends to compare")
     names = list(backends)
@@ -81,7 +83,7 @@ def count_mismatches(model: torch.nn.Module, images: Iterable[tuple[str, torch.T
     table = model.scale_table.detach().cpu()
     bound = float(table[0])
     report: dict = {"reference": reference, "backends": names, "images": [], "totals": {}}
-    totals = {n: {"symbols": 0, "mismatches": 0} for n in names[1:]}
+    totals = {n: {"symbols": 0, "mismatches": 0, "unguarded_mismatches": 0} for n in names[1:]}
     for image_name, x in images:
         z_hat, symbols = reference_symbols(model, x)
         results = {n: backends[n](z_hat, symbols) for n in names}
@@ -98,11 +100,16 @@ def count_mismatches(model: torch.nn.Module, images: Iterable[tuple[str, torch.T
                 r64 = ref_scales.detach().cpu().double().clamp_min(bound)
                 rel = ((s64 - r64).abs() / r64).max().item()
                 mean_diff = (means.detach().cpu().double() - ref_means.detach().cpu().double()).abs().max().item()
-                mism = int((idx != ref_idx[step]).sum())
+                flipped = (idx != ref_idx[step]).reshape(-1).numpy()
+                _, distance = nearest_boundary(ref_scales, table)
+                unguarded = int((flipped & (distance >= guard_epsilon)).sum())
+                mism = int(flipped.sum())
                 steps.append({"step": step, "symbols": int(idx.numel()), "mismatches": mism,
+                              "unguarded_mismatches": unguarded,
                               "max_rel_scale_diff": rel, "max_abs_mean_diff": mean_diff})
                 totals[n]["symbols"] += int(idx.numel())
                 totals[n]["mismatches"] += mism
+                totals[n]["unguarded_mismatches"] += unguarded
             entry["steps"][n] = steps
         report["images"].append(entry)
     report["totals"] = totals

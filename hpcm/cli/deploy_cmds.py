@@ -57,7 +57,8 @@ def build(export_dir: Path, precision: str, min_size, opt_size, max_size, cache_
 @click.option("--crop", type=int, help="top-left crop side in pixels (faster checks)")
 @click.option("--graph", "graphs", multiple=True, help="check only these graphs (default: all in the export)")
 @click.option("--max-abs-error", default=1e-3, show_default=True, help="per-graph tolerance (forward is reported only)")
-@click.option("--max-index-mismatches", default=0, show_default=True)
+@click.option("--max-index-mismatches", default=0, show_default=True,
+              help="scale-index flips outside the boundary guard (those break streams)")
 @click.option("--max-psnr-diff", default=0.01, show_default=True, help="dB, cross-backend decodes vs eager")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
 def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, images: Path | None, limit: int,
@@ -98,7 +99,8 @@ def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, 
                    + ", ".join(f"{r} {'ok' if entry[r]['ok'] else 'FAILED'}"
                                for r in ("eager_to_backend", "backend_to_eager")))
     totals = report["index_mismatches"]["totals"]["backend"]
-    click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols")
+    click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols, "
+               f"{totals['unguarded_mismatches']} outside the boundary guard")
     if report_path:
         report_path.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {report_path}")
