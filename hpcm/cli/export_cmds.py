@@ -25,8 +25,10 @@ import click
               help="export only these graphs (repeatable): analysis, hyper_synthesis, step01..step10, "
                    "transition_s1_s2, transition_s2_s3, synthesis, forward")
 @click.option("--no-optimize", is_flag=True, help="skip the onnxscript optimizer (faster export, larger graphs)")
+@click.option("--no-forward", is_flag=True,
+              help="skip the whole-model forward graph (the codec does not need it; it takes ~10 min on 2 CPU cores)")
 @click.option("--seed", default=0, show_default=True, help="seed of the untrained model (no --checkpoint)")
-def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs, no_optimize, seed) -> None:
+def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs, no_optimize, no_forward, seed) -> None:
     """Export a model to ONNX graphs (analysis, hyper synthesis, steps, transitions, synthesis, forward)
     with dynamic batch/height/width, checked, hashed and described in manifest.json."""
     from hpcm.export.onnx_export import ExportError, export_model
@@ -46,6 +48,10 @@ def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs,
         raise click.ClickException(str(exc)) from exc
     if not model.has_entropy_tables:
         model.update()
+    if no_forward:
+        from hpcm.export.onnx_export import GRAPH_KINDS
+
+        graphs = tuple(g for g in (graphs or GRAPH_KINDS) if g != "forward")
 
     try:
         manifest = export_model(

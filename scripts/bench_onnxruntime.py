@@ -1,0 +1,62 @@
+"""Latency of exported graphs on ONNX Runtime (CPU by default) against eager PyTorch, same machine.
+
+    python scripts/bench_onnxruntime.py EXPORT_DIR [--graph forward] [--size 512 768] [--runs 5]
+
+Prints median / min / max wall time per call (host arrays in and out, as a CPU codec sees them)
+for the ONNX Runtime session and for the eager module on the same input, plus the thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def timed(fn, runs: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--graph", default="forward")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 768), metavar=("H", "W"))
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    from hpcm.runtime.export_loading import load_export_model
+    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    manifest = json.loads((args.export_dir / "manifest.json").read_text())
+    if args.graph != "forward":
+        raise SystemExit("only the whole-model forward graph is benchmarked here")
+    model = load_export_model(args.export_dir)
+    backend = OnnxRuntimeBackend(args.export_dir)
+    x = torch.rand(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
+    ort_times = timed(lambda: backend.run("forward", {"x": x}), args.runs)
+    with torch.no_grad():
+        eager_times = timed(lambda: model(x, training=False), args.runs)
+
+    def summary(t: list[float]) -> str:
+        return f"median {statistics.median(t) * 1e3:.0f} ms (min {min(t) * 1e3:.0f}, max {max(t) * 1e3:.0f}, N={len(t)})"
+
+    print(f"variant {manifest['variant']['name']}, wkv {manifest['wkv']}, {args.size[0]}x{args.size[1]}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"  onnxruntime CPU forward: {summary(ort_times)}")
+    print(f"  eager PyTorch CPU      : {summary(eager_times)}")
+
+
+if __name__ == "__main__":
+    main()
