@@ -107,7 +107,9 @@ class RasterMap:
         if C % groups:
             raise ValueError(f"layout map with {groups} channel groups applied to {C} channels")
         phases = self._tile_local_phases
-        if phases is not None:
+        # pixel_shuffle by 4 makes torch.export (2.13) specialise the batch dimension of the s2->s3
+        # transition; the slice path exports that move with a dynamic batch.
+        if phases is not None and self.out_period <= 2:
             return self._apply_tile_local(x, phases)
         return self._apply_reflow(x)
 

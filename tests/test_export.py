@@ -110,7 +110,12 @@ def test_manifest(custom_export):
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnx"] == onnx.__version__
     assert manifest["trained_weights"] is False
-    assert "stored" in manifest["entropy_tables"]
+    tables = out / manifest["entropy_tables"]["file"]  # the CLI computes the CDF tables once and ships them
+    assert hashlib.sha256(tables.read_bytes()).hexdigest() == manifest["entropy_tables"]["sha256"]
+    import numpy as np
+
+    with np.load(tables) as stored:
+        assert stored["quantized_cdf_y"].shape[0] == 60 and stored["quantized_cdf_z"].shape[0] == 256
     entry = manifest["graphs"]["step01"]
     data = (out / entry["file"]).read_bytes()
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
