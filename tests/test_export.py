@@ -225,3 +225,25 @@ def test_decomposed_forward_matches_eager(tmp_path, phase2):
         assert np.abs(x_hat - expected["x_hat"].numpy()).max() <= 1e-4
         assert np.abs(y_lik - expected["likelihoods"]["y"].numpy()).max() <= 1e-5
         assert np.abs(z_lik - expected["likelihoods"]["z"].numpy()).max() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["baseline", "phase1", "phase2", "phase3", "phase4"])
+def test_every_variant_exports_and_matches_eager_at_two_sizes(tmp_path, variant):
+    """One s3 step graph per variant (cross-attention, RWKV cell, RWKV prior) and the s2->s3
+    transition for phase3's RWKV fusion, exported once and run on ONNX Runtime at two image sizes."""
+    pytest.importorskip("onnxruntime_extensions")
+    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    model = build_model(variant, seed=0).eval()
+    a = model.alignment
+    graphs = ["step06"] + (["transition_s2_s3"] if variant == "phase3" else [])
+    export_model(model, tmp_path, wkv="custom", sizes=(a, a), graphs=graphs, optimize=False, log=lambda _: None)
+    backend = OnnxRuntimeBackend(tmp_path)
+    for size in ((a, a), (a, 2 * a)):
+        for spec in graph_specs(model, size, names=graphs, seed=3):
+            with torch.no_grad():
+                expected = spec.module(*spec.inputs.values())
+            got = backend.run(spec.name, dict(spec.inputs))
+            for name, e in zip(spec.outputs, expected):
+                assert got[name].shape == e.shape
+                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max(), (variant, size, name)
