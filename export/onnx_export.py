@@ -418,7 +418,8 @@ def check_graph(path: Path, route: str, expected_wkv: Optional[int] = None) -> d
     }
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (graphs are hundreds of MB)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -532,7 +533,7 @@ def export_model(
         elapsed = time.perf_counter() - start
         entries[spec.name] = {
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "bytes": path.stat().st_size,
             **summary,
             "sample_input_shapes": {n: list(t.shape) for n, t in spec.inputs.items()},
@@ -549,7 +550,7 @@ def export_model(
 
         tables_path = out_dir / ENTROPY_TABLES_NAME
         np.savez(tables_path, **{n: getattr(model, n).detach().cpu().numpy() for n in ENTROPY_TABLE_BUFFERS})
-        tables = {"file": tables_path.name, "sha256": _sha256(tables_path)}
+        tables = {"file": tables_path.name, "sha256": file_sha256(tables_path)}
     else:
         tables = {"stored": "in the checkpoint" if checkpoint else "not computed (run model.update() first)",
                   "checkpoint": checkpoint}

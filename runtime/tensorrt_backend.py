@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from hpcm.export.onnx_export import file_sha256
 from hpcm.plugins.biwkv.contract import CONTRACT
 
 PLUGIN_LIBRARY_NAME = "libhpcm_biwkv_trt_plugin.so"
@@ -56,14 +57,6 @@ def find_plugin_library(explicit: Optional[Path] = None) -> Path:
         "`cmake -S plugins -B build -DTENSORRT_ROOT=<TensorRT with include/> && cmake --build build` "
         f"or point ${PLUGIN_ENV} at {PLUGIN_LIBRARY_NAME}"
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
