@@ -476,6 +476,8 @@ def export_model(
     checkpoint: Optional[str] = None,
     trained: Optional[bool] = None,
     seed: Optional[int] = None,
+    min_size: Optional[tuple[int, int]] = None,
+    max_size: Optional[tuple[int, int]] = None,
     optimize: bool = True,
 ) -> Path:
     """Export ``model``'s graphs to ``out_dir`` and write the manifest; returns the manifest's path.
@@ -505,6 +507,12 @@ def export_model(
             f"the forward graph needs a sample size of at least {2 * model.alignment}x{2 * model.alignment} "
             f"(two alignment tiles per side) to keep height/width dynamic; got {size[0]}x{size[1]}"
         )
+    profile = {"min": list(min_size or size), "opt": list(size), "max": list(max_size or size)}
+    for label, (h, w) in profile.items():
+        if h <= 0 or w <= 0 or h % model.alignment or w % model.alignment:
+            raise ExportError(f"{label} size {h}x{w} must be positive multiples of {model.alignment}")
+    if not all(a <= b <= c for a, b, c in zip(profile["min"], profile["opt"], profile["max"])):
+        raise ExportError("sizes must satisfy --min-size <= --opt-size <= --max-size in both dimensions")
     decay = max_abs_decay(model)
     if wkv == "decomposed":
         decay = check_decomposed_range(model)
@@ -572,6 +580,8 @@ def export_model(
         "exporter": "torch.onnx.export(dynamo=True, dynamic_shapes=...)",
         "onnxscript_optimized": optimize,
         "sample_size": list(size),
+        # Image sizes (pixels) deployment engines should accept; the graphs themselves are dynamic.
+        "profile": profile,
         "dynamic_dims": {
             "batch": "batch",
             "spatial": "per graph, the smallest input's height/width are the roots 'height'/'width'; larger "

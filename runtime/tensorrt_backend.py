@@ -119,8 +119,9 @@ class TensorRTBackend:
         if self.manifest.get("wkv") != "custom":
             log("note: this export uses the decomposed WKV graph; the plugin is loaded but unused")
         self.alignment = int(self.manifest["alignment"])
-        opt = tuple(self.manifest["sample_size"])
-        self.profile = profile or Profile(opt, opt, opt)
+        opt = self.manifest["sample_size"]
+        exported = self.manifest.get("profile") or {"min": opt, "opt": opt, "max": opt}
+        self.profile = profile or Profile(tuple(exported["min"]), tuple(exported["opt"]), tuple(exported["max"]))
         self.profile.check(self.alignment)
         self.precision = precision
         self.cache_dir = Path(cache_dir or default_cache_dir())

@@ -247,3 +247,15 @@ def test_every_variant_exports_and_matches_eager_at_two_sizes(tmp_path, variant)
             for name, e in zip(spec.outputs, expected):
                 assert got[name].shape == e.shape
                 assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max(), (variant, size, name)
+
+
+def test_profile_sizes_are_recorded_and_checked(tmp_path):
+    result = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(tmp_path), "--graph", "hyper_synthesis",
+                                              "--opt-size", "256", "256", "--min-size", "128", "128",
+                                              "--max-size", "1024", "2048", "--no-optimize"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["profile"] == {"min": [128, 128], "opt": [256, 256], "max": [1024, 2048]}
+    bad = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(tmp_path / "bad"), "--graph",
+                                           "hyper_synthesis", "--max-size", "128", "128"])
+    assert bad.exit_code != 0 and "--max-size" in bad.output

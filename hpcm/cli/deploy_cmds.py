@@ -15,9 +15,9 @@ def _size(value: tuple[int, int] | None) -> tuple[int, int] | None:
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="fp16 engines do not reproduce float32 scale indexes: encoder and decoder must share the engine")
-@click.option("--min-size", nargs=2, type=int, help="smallest image (H W) the engines accept; default: export size")
-@click.option("--opt-size", nargs=2, type=int, help="image size (H W) TensorRT tunes for; default: export size")
-@click.option("--max-size", nargs=2, type=int, help="largest image (H W) the engines accept; default: export size")
+@click.option("--min-size", nargs=2, type=int, help="smallest image (H W) the engines accept; default: the export's")
+@click.option("--opt-size", nargs=2, type=int, help="image size (H W) TensorRT tunes for; default: the export's")
+@click.option("--max-size", nargs=2, type=int, help="largest image (H W) the engines accept; default: the export's")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="engine cache (default ~/.cache/hpcm-rwkv/engines)")
 @click.option("--plugin", type=click.Path(path_type=Path), help="libhpcm_biwkv_trt_plugin.so (default: build/)")
 def build(export_dir: Path, precision: str, min_size, opt_size, max_size, cache_dir: Path | None,
@@ -32,9 +32,9 @@ def build(export_dir: Path, precision: str, min_size, opt_size, max_size, cache_
     from hpcm.runtime.tensorrt_backend import Profile, TensorRTBackend, TensorRTError
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    sample = tuple(manifest["sample_size"])
-    opt = _size(opt_size) or sample
-    profile = Profile(_size(min_size) or opt, opt, _size(max_size) or opt)
+    exported = manifest.get("profile") or {k: manifest["sample_size"] for k in ("min", "opt", "max")}
+    profile = Profile(_size(min_size) or tuple(exported["min"]), _size(opt_size) or tuple(exported["opt"]),
+                      _size(max_size) or tuple(exported["max"]))
     try:
         backend = TensorRTBackend(export_dir, precision=precision, profile=profile, cache_dir=cache_dir,
                                   plugin=plugin, log=click.echo)

@@ -20,6 +20,10 @@ import click
 @click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
 @click.option("--opt-size", nargs=2, type=int, default=(256, 256), show_default=True, metavar="H W",
               help="image size of the sample inputs (multiples of the variant's alignment); shapes stay dynamic")
+@click.option("--min-size", nargs=2, type=int, metavar="H W",
+              help="smallest image the deployment profile (TensorRT engines) must accept; default --opt-size")
+@click.option("--max-size", nargs=2, type=int, metavar="H W",
+              help="largest image the deployment profile must accept; default --opt-size")
 @click.option("--opset", default=18, show_default=True)
 @click.option("--graph", "graphs", multiple=True,
               help="export only these graphs (repeatable): analysis, hyper_synthesis, step01..step10, "
@@ -28,7 +32,8 @@ import click
 @click.option("--no-forward", is_flag=True,
               help="skip the whole-model forward graph (the codec does not need it; it takes ~10 min on 2 CPU cores)")
 @click.option("--seed", default=0, show_default=True, help="seed of the untrained model (no --checkpoint)")
-def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs, no_optimize, no_forward, seed) -> None:
+def export(variant, checkpoint, output, wkv, precision, opt_size, min_size, max_size, opset, graphs, no_optimize,
+           no_forward, seed) -> None:
     """Export a model to ONNX graphs (analysis, hyper synthesis, steps, transitions, synthesis, forward)
     with dynamic batch/height/width, checked, hashed and described in manifest.json."""
     from hpcm.export.onnx_export import ExportError, export_model
@@ -58,6 +63,7 @@ def export(variant, checkpoint, output, wkv, precision, opt_size, opset, graphs,
             model, output, wkv=wkv, opset=opset, sizes=tuple(opt_size), graphs=graphs or None,
             precision=precision, log=click.echo, checkpoint=str(checkpoint) if checkpoint else None,
             trained=trained, optimize=not no_optimize, seed=None if trained else seed,
+            min_size=tuple(min_size) if min_size else None, max_size=tuple(max_size) if max_size else None,
         )
     except (ExportError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
