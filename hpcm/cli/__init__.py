@@ -20,17 +20,11 @@ def main() -> None:
 
     \b
     Model tools:  info, convert, train
-    Codec:        encode, decode, mismatch
+    Codec:        encode, decode, inspect, mismatch
     Deployment:   export (also `hpcm-export`), check, build
     """
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != _name:
-            raise
-        continue
-    for _command in _module.commands:
+    for _command in importlib.import_module(_name).commands:
         main.add_command(_command)
