@@ -25,6 +25,7 @@ any ONNX runtime while the exponent spread stays inside float32's range.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -43,7 +44,8 @@ from hpcm.plugins.biwkv.contract import CONTRACT, CONTRACT_PATH
 from hpcm.plugins.biwkv.op import CLOSED_FORM_SPREAD_LIMIT
 
 WKV_ROUTES = ("custom", "decomposed")
-PRECISIONS = ("fp32",)
+# Compute dtype of each --precision. Graph inputs and outputs stay float32 either way.
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 STEP_GRAPHS = tuple(f"step{i:02d}" for i in range(1, len(STEPS)))
 TRANSITION_GRAPHS = ("transition_s1_s2", "transition_s2_s3")
 GRAPH_KINDS = ("analysis", "hyper_synthesis", *STEP_GRAPHS, *TRANSITION_GRAPHS, "synthesis", "forward")
@@ -121,6 +123,45 @@ class ForwardGraph(nn.Module):
     def forward(self, x: torch.Tensor):
         out = self.model(x, training=False)
         return out["x_hat"], out["likelihoods"]["y"], out["likelihoods"]["z"]
+
+
+class ReducedPrecisionGraph(nn.Module):
+    """``inner`` computed in ``dtype`` behind float32 inputs and outputs.
+
+    The float32 interface keeps the runtime, the codec and engine bindings identical for every
+    precision; the casts at the graph boundary cost nothing next to the networks.
+    """
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dtype = dtype
+
+    def forward(self, *inputs: torch.Tensor):
+        outputs = self.inner(*(t.to(self.dtype) for t in inputs))
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float()
+        return tuple(o.float() for o in outputs)
+
+
+def reduced_precision_copy(model: HPCM, dtype: torch.dtype) -> HPCM:
+    """A copy of ``model`` with weights in ``dtype``, except what must stay float32.
+
+    Kept float32: the RWKV decay/boost (the WKV contract takes w and u as float32; ``boost / T``
+    would lose most of its digits in float16) and the GGM entropy model, whose 1e-9 likelihood
+    bound is below float16's smallest subnormal; its likelihood is computed in float32.
+    """
+    from hpcm.models.entropy import GeneralizedGaussian
+
+    reduced = copy.deepcopy(model).to(dtype)
+    for module in reduced.modules():
+        if isinstance(module, GeneralizedGaussian):
+            module.float()
+        for name in ("decay", "boost"):
+            parameter = getattr(module, name, None)
+            if isinstance(parameter, nn.Parameter) and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+    return reduced
 
 
 @dataclass
@@ -299,7 +340,8 @@ def export_friendly_entropy(model: Optional[nn.Module] = None):
         beta = betas.get(id(self))
         if beta is None:
             beta = self.beta_value
-        scales = self.scale_lower_bound(scales)
+        # float32 whatever the graph's precision: the series and the likelihood bound need it.
+        values, scales = values.float(), self.scale_lower_bound(scales.float())
         likelihood = (_ggm_cdf_standard_ops((values + 0.5) / scales, beta)
                       - _ggm_cdf_standard_ops((values - 0.5) / scales, beta))
         return self.likelihood_lower_bound(likelihood)
@@ -427,18 +469,44 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def reduced_precision_error(reference: GraphSpec, reduced: GraphSpec) -> dict:
+    """Per output, max abs and relative (to the float32 output's max magnitude) error of the reduced
+    precision eager module against the float32 one on the sample inputs.
+
+    Raises ExportError when an output is not finite: float16 overflowed (its largest value is 65504)
+    somewhere in the network, and the graph would be wrong on real inputs too.
+    """
+    with torch.no_grad(), export_friendly_entropy(reference.module.model):
+        expected = reference.module(*reference.inputs.values())
+        actual = reduced.module(*reduced.inputs.values())
+    if isinstance(expected, torch.Tensor):
+        expected, actual = (expected,), (actual,)
+    errors = {}
+    for name, e, a in zip(reference.outputs, expected, actual):
+        if not torch.isfinite(a).all():
+            raise ExportError(f"{reduced.name}: output {name} is not finite in reduced precision (float16 overflow); "
+                              "export with --precision fp32")
+        scale = float(e.abs().max()) or 1.0
+        difference = float((a.float() - e).abs().max())
+        errors[name] = {"max_abs": difference, "relative": difference / scale}
+    return errors
+
+
 # --------------------------------------------------------------------------------------------- export
 def export_graph(spec: GraphSpec, path: Path, opset: int = 18, max_tiles: int = 64, optimize: bool = True) -> None:
     spec.module.eval()
     # A root of 1 (one alignment tile, e.g. a 128x128 sample) would otherwise be specialised.
     oblivious = torch.fx.experimental._config.patch(backed_size_oblivious=True)
+    shapes = _dynamic_shapes(spec, max_tiles)
+    if isinstance(spec.module, ReducedPrecisionGraph):
+        shapes = {"inputs": tuple(shapes.values())}  # its forward takes *inputs
     with torch.no_grad(), warnings.catch_warnings(), oblivious:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             spec.module,
             tuple(spec.inputs.values()),
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(spec, max_tiles),
+            dynamic_shapes=shapes,
             input_names=list(spec.inputs),
             output_names=list(spec.outputs),
             opset_version=opset,
@@ -494,7 +562,7 @@ def export_model(
     if wkv not in WKV_ROUTES:
         raise ExportError(f"unknown --wkv {wkv!r}; use one of {', '.join(WKV_ROUTES)}")
     if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r} is not supported yet; use one of {', '.join(PRECISIONS)}")
+        raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     size = _normalise_size(sizes)
     try:
         model.check_image_size(*size)
@@ -520,6 +588,13 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     specs = graph_specs(model, size, batch=batch, names=graphs)
+    dtype = PRECISIONS[precision]
+    if dtype != torch.float32:
+        reference_specs = specs
+        reduced = reduced_precision_copy(model, dtype).eval()
+        specs = graph_specs(reduced, size, batch=batch, names=graphs)
+        for spec in specs:
+            spec.module = ReducedPrecisionGraph(spec.module, dtype)
     entries = {}
     total_start = time.perf_counter()
     for index, spec in enumerate(specs, 1):
@@ -538,6 +613,8 @@ def export_model(
                 raise ExportError(f"{spec.name}: torch.onnx.export failed: {_exception_summary(exc)}") from exc
         export_s = time.perf_counter() - start
         summary = check_graph(path, wkv, expected)
+        if dtype != torch.float32:
+            summary["error_vs_float32"] = reduced_precision_error(reference_specs[index - 1], spec)
         elapsed = time.perf_counter() - start
         entries[spec.name] = {
             "file": path.name,
@@ -549,8 +626,12 @@ def export_model(
             "export_seconds": round(export_s, 2),
             **spec.meta,
         }
+        reduced_note = ""
+        if "error_vs_float32" in summary:
+            worst = max(e["relative"] for e in summary["error_vs_float32"].values())
+            reduced_note = f", {precision} vs float32 eager: max relative error {worst:.1e}"
         log(f"[{index}/{len(specs)}] {spec.name}: {summary['nodes']} nodes, {summary['wkv_nodes']} "
-            f"{CONTRACT.op_type}, {path.stat().st_size / 1e6:.1f} MB, {elapsed:.1f} s")
+            f"{CONTRACT.op_type}, {path.stat().st_size / 1e6:.1f} MB, {elapsed:.1f} s{reduced_note}")
 
     if model.has_entropy_tables:
         import numpy as np
@@ -576,6 +657,8 @@ def export_model(
         "wkv_contract": json.loads(CONTRACT_PATH.read_text()),
         "max_abs_decay": decay,
         "precision": precision,
+        # Every graph takes and returns float32; --precision sets the compute dtype inside.
+        "io_dtype": "float32",
         "opset": opset,
         "exporter": "torch.onnx.export(dynamo=True, dynamic_shapes=...)",
         "onnxscript_optimized": optimize,

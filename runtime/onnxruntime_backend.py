@@ -45,17 +45,49 @@ def _register_python_op() -> None:
     _registered = True
 
 
+def _float16_values(model) -> set[str]:
+    """Names of the values shape inference types as float16 (the k/v of fp16 exports)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name for v in values if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+
+
 def to_contrib_domain(model):
-    """A copy of ``model`` whose Bi-WKV nodes live in ``ai.onnx.contrib`` (what ORT-extensions resolves)."""
+    """A copy of ``model`` whose Bi-WKV nodes live in ``ai.onnx.contrib`` (what ORT-extensions resolves).
+
+    The Python op is registered for float32 only; WKV nodes of fp16 exports get float32 casts around
+    them, which is also what the op does inside (float32 accumulation).
+    """
     import onnx
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    changed = False
+    def is_wkv(node) -> bool:
+        return node.op_type == CONTRACT.op_type and node.domain == CONTRACT.domain
+
+    changed = any(is_wkv(n) for n in copy.graph.node)
+    half = _float16_values(copy) if changed else set()
+    nodes = []
     for node in copy.graph.node:
-        if node.op_type == CONTRACT.op_type and node.domain == CONTRACT.domain:
-            node.domain = CONTRIB_DOMAIN
-            changed = True
+        if not is_wkv(node):
+            nodes.append(node)
+            continue
+        node.domain = CONTRIB_DOMAIN
+        if node.input[2] not in half:
+            nodes.append(node)
+            continue
+        for index in (2, 3):  # k, v
+            widened = f"{node.input[index]}__float32"
+            nodes.append(onnx.helper.make_node("Cast", [node.input[index]], [widened], to=onnx.TensorProto.FLOAT))
+            node.input[index] = widened
+        narrow_output = node.output[0]
+        node.output[0] = f"{narrow_output}__float32"
+        nodes.append(node)
+        nodes.append(onnx.helper.make_node("Cast", [node.output[0]], [narrow_output], to=onnx.TensorProto.FLOAT16))
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
     if changed:
         imports = [o for o in copy.opset_import if o.domain not in (CONTRACT.domain, CONTRIB_DOMAIN)]
         del copy.opset_import[:]

@@ -100,6 +100,22 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, capabili
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def engine_precision(exported: str, requested: Optional[str]) -> str:
+    """The engine precision for an export computed in ``exported``: the export's unless asked otherwise.
+
+    An fp32 export may become an fp16 engine (TensorRT 10's FP16 flag); an fp16 export holds
+    float16 weights, so an fp32 engine of it would only pretend to be one.
+    """
+    if requested is None:
+        return exported
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
+    if exported == "fp16" and requested == "fp32":
+        raise ValueError("this export computes in float16 (hpcm-export --precision fp16): build it as fp16, "
+                         "or re-export with --precision fp32 for float32 engines")
+    return requested
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HPCM_ENGINE_CACHE", Path.home() / ".cache" / "hpcm-rwkv" / "engines"))
 
@@ -107,15 +123,14 @@ def default_cache_dir() -> Path:
 class TensorRTBackend:
     """Runs the graphs of an export directory as TensorRT engines (built on first use, then cached)."""
 
-    def __init__(self, export_dir: Path, precision: str = "fp32", profile: Optional[Profile] = None,
+    def __init__(self, export_dir: Path, precision: Optional[str] = None, profile: Optional[Profile] = None,
                  cache_dir: Optional[Path] = None, plugin: Optional[Path] = None, log=print) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.export_dir = Path(export_dir)
+        self.manifest = json.loads((self.export_dir / "manifest.json").read_text())
+        precision = engine_precision(self.manifest.get("precision", "fp32"), precision)
         if not torch.cuda.is_available():
             raise TensorRTError("the TensorRT backend needs a CUDA GPU visible to PyTorch")
         self.trt = import_tensorrt()
-        self.export_dir = Path(export_dir)
-        self.manifest = json.loads((self.export_dir / "manifest.json").read_text())
         if self.manifest.get("wkv") != "custom":
             log("note: this export uses the decomposed WKV graph; the plugin is loaded but unused")
         self.alignment = int(self.manifest["alignment"])
@@ -157,7 +172,11 @@ class TensorRTBackend:
         if file_sha256(onnx_path) != entry["sha256"]:
             raise TensorRTError(f"{onnx_path} does not match the manifest's hash: re-export the directory")
         builder = trt.Builder(self.logger)
-        network = builder.create_network(0)
+        flags = 0
+        if self.manifest.get("precision") == "fp16" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+            # TensorRT 10: let the export's float16/float32 types decide (11 is always strongly typed).
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -169,7 +188,7 @@ class TensorRTBackend:
         config = builder.create_builder_config()
         # Entropy parameters must be reproducible by the decoder: no TF32 on the float32 path.
         config.clear_flag(trt.BuilderFlag.TF32)
-        if self.precision == "fp16":
+        if self.precision == "fp16" and self.manifest.get("precision") != "fp16":
             if not hasattr(trt.BuilderFlag, "FP16"):
                 raise TensorRTError("TensorRT 11 takes precision from the ONNX file: export with --precision fp16")
             config.set_flag(trt.BuilderFlag.FP16)

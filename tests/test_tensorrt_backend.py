@@ -5,7 +5,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpcm.runtime.tensorrt_backend import (
-    PLUGIN_ENV, Profile, TensorRTError, engine_cache_key, find_plugin_library, import_tensorrt,
+    PLUGIN_ENV, Profile, TensorRTError, engine_cache_key, engine_precision, find_plugin_library, import_tensorrt,
 )
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -78,3 +78,13 @@ def test_engine_matches_eager(tmp_path):
     with torch.no_grad():
         scales, means, new_context = model.step_context(5, context, y_hat)
     torch.testing.assert_close(out["scales"].cpu(), scales, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_precision_follows_the_export():
+    assert engine_precision("fp32", None) == "fp32"
+    assert engine_precision("fp16", None) == "fp16"
+    assert engine_precision("fp32", "fp16") == "fp16"  # TensorRT 10's FP16 flag on a float32 export
+    with pytest.raises(ValueError, match="computes in float16"):
+        engine_precision("fp16", "fp32")
+    with pytest.raises(ValueError, match="must be one of"):
+        engine_precision("fp32", "int8")

@@ -17,7 +17,10 @@ import click
               help="folder for the graphs and manifest.json")
 @click.option("--wkv", type=click.Choice(["custom", "decomposed"]), default="custom", show_default=True,
               help="custom: one plugin node per Bi-WKV call (TensorRT); decomposed: standard ONNX ops only")
-@click.option("--precision", type=click.Choice(["fp32"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="compute dtype inside the graphs (inputs and outputs stay float32). fp16 keeps the WKV "
+                   "accumulation, decay/boost and the likelihoods in float32; its scale indexes differ from "
+                   "float32 ones, so streams decode only on an fp16 engine of the same export")
 @click.option("--opt-size", nargs=2, type=int, default=(256, 256), show_default=True, metavar="H W",
               help="image size of the sample inputs (multiples of the variant's alignment); shapes stay dynamic")
 @click.option("--min-size", nargs=2, type=int, metavar="H W",

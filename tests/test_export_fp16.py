@@ -1,0 +1,110 @@
+"""``hpcm-export --precision fp16``: float16 compute behind float32 graph inputs/outputs, checked
+against float32 eager PyTorch, and the codec running on such an export (ONNX Runtime CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime_extensions")
+
+from click.testing import CliRunner  # noqa: E402
+
+from hpcm.cli.export_cmds import export_main  # noqa: E402
+from hpcm.export.onnx_export import GRAPH_KINDS, ExportError, export_model, graph_specs  # noqa: E402
+from hpcm.models import build_model  # noqa: E402
+from hpcm.plugins.biwkv.contract import CONTRACT  # noqa: E402
+from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+
+SIZE = (128, 128)
+FLOAT = onnx.TensorProto.FLOAT
+FLOAT16 = onnx.TensorProto.FLOAT16
+# float16 keeps 11 significant bits (relative step 4.9e-4); a few roundings in a row stay below this.
+FP16_RELATIVE = 5e-3
+
+
+@pytest.fixture(scope="module")
+def phase2():
+    return build_model("phase2", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def fp16_export(tmp_path_factory):
+    """phase2's RWKV-cell step at s3 and the synthesis, through the command."""
+    out = tmp_path_factory.mktemp("fp16")
+    result = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(out), "--precision", "fp16",
+                                              "--opt-size", "128", "128", "--graph", "step06",
+                                              "--graph", "synthesis", "--no-optimize"])
+    assert result.exit_code == 0, result.output
+    assert "fp16 vs float32 eager" in result.output
+    return out
+
+
+def _types(model) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: v.type.tensor_type.elem_type for v in values}
+
+
+def test_fp16_graph_types(fp16_export):
+    model = onnx.load(str(fp16_export / "step06.onnx"))
+    assert all(v.type.tensor_type.elem_type == FLOAT for v in [*model.graph.input, *model.graph.output])
+    weights = [t for t in model.graph.initializer if len(t.dims) == 4]  # convolution kernels
+    assert weights and all(t.data_type == FLOAT16 for t in weights)
+    types = _types(model)
+    (node,) = [n for n in model.graph.node if n.op_type == CONTRACT.op_type]
+    assert [types[name] for name in node.input] == [FLOAT, FLOAT, FLOAT16, FLOAT16]  # w, u, k, v
+
+
+def test_fp16_manifest_records_precision_and_error(fp16_export):
+    manifest = json.loads((fp16_export / "manifest.json").read_text())
+    assert manifest["precision"] == "fp16" and manifest["io_dtype"] == "float32"
+    for graph in ("step06", "synthesis"):
+        errors = manifest["graphs"][graph]["error_vs_float32"]
+        assert errors and all(0 < e["relative"] < FP16_RELATIVE for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("size", [SIZE, (128, 256)])
+def test_fp16_graphs_on_onnxruntime_match_float32_eager(fp16_export, phase2, size):
+    """Close to float32 eager, but not equal: the graphs really compute in float16."""
+    backend = OnnxRuntimeBackend(fp16_export)
+    for spec in graph_specs(phase2, size, names=["step06", "synthesis"], seed=4):
+        with torch.no_grad():
+            expected = spec.module(*spec.inputs.values())
+        expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+        got = backend.run(spec.name, dict(spec.inputs))
+        for name, e in zip(spec.outputs, expected):
+            error = float((got[name] - e).abs().max()) / float(e.abs().max())
+            assert 1e-6 < error < FP16_RELATIVE, (spec.name, name, error)
+
+
+def test_fp16_overflow_is_refused(tmp_path):
+    model = build_model("phase2", seed=0).eval()
+    with torch.no_grad():
+        next(model.h_s.parameters()).mul_(1e6)  # activations far beyond float16's 65504
+    with pytest.raises(ExportError, match="not finite"):
+        export_model(model, tmp_path, precision="fp16", sizes=SIZE, graphs=["hyper_synthesis"], optimize=False,
+                     log=lambda _: None)
+
+
+def test_fp16_codec_round_trips_on_its_own_backend(tmp_path):
+    """Every codec graph in fp16 on ONNX Runtime: its own streams decode; ``hpcm check`` reports the
+    cross-backend routes without judging them."""
+    from hpcm.runtime.check import Tolerances, check_export
+    from hpcm.runtime.export_loading import load_export_model
+
+    model = build_model("phase2", seed=0)
+    model.update()
+    export_model(model, tmp_path, precision="fp16", sizes=SIZE, graphs=[g for g in GRAPH_KINDS if g != "forward"],
+                 optimize=False, seed=0, trained=False, log=lambda _: None)
+    eager = load_export_model(tmp_path)
+    image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    report = check_export(eager, OnnxRuntimeBackend(tmp_path), [("random", image)], Tolerances(max_abs_error=5e-2),
+                          log=lambda _: None)
+    assert report["precision"] == "fp16" and not report["cross_backend_decodes_judged"]
+    assert report["codec"][0]["backend_to_backend"]["ok"], report["codec"][0]
+    assert report["passed"], report["failures"]
