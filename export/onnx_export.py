@@ -16,6 +16,9 @@ non-strict). Batch, height and width are dynamic. In each graph the smallest inp
 width are the roots ``height``/``width``; inputs at a larger scale are declared as integer multiples
 of them, so the layout reshapes between scales stay exact.
 
+Every graph's large initializers go to one shared ``weights.bin`` (``shared_weights.py``).
+``precision="fp16"`` computes in float16 behind float32 inputs and outputs (``ReducedPrecisionGraph``).
+
 WKV routes: ``custom`` emits one ``CONTRACT.domain::CONTRACT.op_type`` node per Bi-WKV call (for the
 TensorRT plugin / a runtime custom op); ``decomposed`` routes the cells to ``biwkv_closed_form``,
 which is built from standard ONNX operators only (Exp, CumSum, ReduceMax, ...), so the graphs run on
@@ -42,6 +45,8 @@ from hpcm.models.cells import CrossAttentionCell
 from hpcm.models.hpcm import HPCM, STEPS, ProgressiveState
 from hpcm.plugins.biwkv.contract import CONTRACT, CONTRACT_PATH
 from hpcm.plugins.biwkv.op import CLOSED_FORM_SPREAD_LIMIT
+
+from .shared_weights import WEIGHTS_NAME, SharedWeights
 
 WKV_ROUTES = ("custom", "decomposed")
 # Compute dtype of each --precision. Graph inputs and outputs stay float32 either way.
@@ -597,6 +602,7 @@ def export_model(
             spec.module = ReducedPrecisionGraph(spec.module, dtype)
     entries = {}
     total_start = time.perf_counter()
+    shared = SharedWeights(out_dir)
     for index, spec in enumerate(specs, 1):
         path = out_dir / f"{spec.name}.onnx"
         start = time.perf_counter()
@@ -612,6 +618,7 @@ def export_model(
             except Exception as exc:
                 raise ExportError(f"{spec.name}: torch.onnx.export failed: {_exception_summary(exc)}") from exc
         export_s = time.perf_counter() - start
+        external = shared.externalize(path)
         summary = check_graph(path, wkv, expected)
         if dtype != torch.float32:
             summary["error_vs_float32"] = reduced_precision_error(reference_specs[index - 1], spec)
@@ -620,6 +627,7 @@ def export_model(
             "file": path.name,
             "sha256": file_sha256(path),
             "bytes": path.stat().st_size,
+            **external,
             **summary,
             "sample_input_shapes": {n: list(t.shape) for n, t in spec.inputs.items()},
             "spatial_unit": spec.input_units,
@@ -631,7 +639,10 @@ def export_model(
             worst = max(e["relative"] for e in summary["error_vs_float32"].values())
             reduced_note = f", {precision} vs float32 eager: max relative error {worst:.1e}"
         log(f"[{index}/{len(specs)}] {spec.name}: {summary['nodes']} nodes, {summary['wkv_nodes']} "
-            f"{CONTRACT.op_type}, {path.stat().st_size / 1e6:.1f} MB, {elapsed:.1f} s{reduced_note}")
+            f"{CONTRACT.op_type}, {(path.stat().st_size + external['external_bytes']) / 1e6:.1f} MB, "
+            f"{elapsed:.1f} s{reduced_note}")
+    log(f"{WEIGHTS_NAME}: {shared.size / 1e6:.1f} MB holds the {shared.graph_bytes / 1e6:.1f} MB of weights "
+        f"the graphs reference")
 
     if model.has_entropy_tables:
         import numpy as np
@@ -676,6 +687,9 @@ def export_model(
                    "graph": None if s.adaptor is None else f"step{i:02d}", "last_of_scale": s.last_of_scale}
                   for i, s in enumerate(STEPS)],
         "graphs": entries,
+        # Initializers of every graph, each distinct tensor once (ONNX external data).
+        "weights_file": {"file": WEIGHTS_NAME, "sha256": file_sha256(shared.path), "bytes": shared.size,
+                         "referenced_bytes": shared.graph_bytes},
         "entropy_tables": tables,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, **_optional_versions()},
         "total_export_seconds": round(time.perf_counter() - total_start, 2),

@@ -90,10 +90,14 @@ class Profile:
 
 
 def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, capability: Sequence[int],
-                     plugin_sha256: str, profile: Profile, precision: str) -> str:
-    """Engines are only valid for this exact combination; any change gives a new key."""
+                     plugin_sha256: str, profile: Profile, precision: str, weights_sha256: str = "") -> str:
+    """Engines are only valid for this exact combination; any change gives a new key.
+
+    ``weights_sha256``: digest of the weights the graph references in the export's shared weights
+    file (the .onnx file itself then holds only structure and offsets)."""
     fields = {
-        "onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "compute_capability": list(capability),
+        "onnx": onnx_sha256, "weights": weights_sha256, "tensorrt": trt_version, "gpu": gpu_name,
+        "compute_capability": list(capability),
         "plugin": plugin_sha256, "profile": [profile.min_size, profile.opt_size, profile.max_size, profile.max_batch],
         "precision": precision,
     }
@@ -152,6 +156,7 @@ class TensorRTBackend:
         self.gpu_name, self.capability = props.name, (props.major, props.minor)
         self.log = log
         self._contexts: dict[str, object] = {}
+        self._weights_checked = False
         self.fingerprint = (f"tensorrt-{self.trt.__version__}:{self.gpu_name}:sm{props.major}{props.minor}:"
                             f"{precision}:plugin-{self.plugin_sha256[:12]}")
 
@@ -159,7 +164,8 @@ class TensorRTBackend:
     def engine_path(self, graph: str) -> Path:
         entry = self.manifest["graphs"][graph]
         key = engine_cache_key(entry["sha256"], self.trt.__version__, self.gpu_name, self.capability,
-                               self.plugin_sha256, self.profile, self.precision)
+                               self.plugin_sha256, self.profile, self.precision,
+                               weights_sha256=entry.get("weights_sha256", ""))
         return self.cache_dir / f"{graph}-{key}.engine"
 
     def build(self, graph: str) -> Path:
@@ -171,6 +177,7 @@ class TensorRTBackend:
         onnx_path = self.export_dir / entry["file"]
         if file_sha256(onnx_path) != entry["sha256"]:
             raise TensorRTError(f"{onnx_path} does not match the manifest's hash: re-export the directory")
+        self._check_weights_file()
         builder = trt.Builder(self.logger)
         flags = 0
         if self.manifest.get("precision") == "fp16" and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -205,6 +212,16 @@ class TensorRTBackend:
         tmp.write_bytes(bytes(serialized))
         os.replace(tmp, path)
         return path
+
+    def _check_weights_file(self) -> None:
+        """The shared weights file the graphs point into must be the one the export wrote (once)."""
+        weights = self.manifest.get("weights_file")
+        if weights is None or self._weights_checked:
+            return
+        path = self.export_dir / weights["file"]
+        if not path.is_file() or file_sha256(path) != weights["sha256"]:
+            raise TensorRTError(f"{path} is missing or does not match the manifest's hash: re-export the directory")
+        self._weights_checked = True
 
     def build_all(self) -> list[Path]:
         return [self.build(graph) for graph in self.manifest["graphs"]]

@@ -259,3 +259,32 @@ def test_profile_sizes_are_recorded_and_checked(tmp_path):
     bad = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(tmp_path / "bad"), "--graph",
                                            "hyper_synthesis", "--max-size", "128", "128"])
     assert bad.exit_code != 0 and "--max-size" in bad.output
+
+
+def test_graphs_share_one_weights_file(tmp_path, phase2):
+    """Steps 5 and 6 run the same s3 prior: its tensors are stored once, and both graphs still run."""
+    from hpcm.export.shared_weights import WEIGHTS_NAME
+    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    manifest = json.loads(export_model(phase2, tmp_path, sizes=SIZE, graphs=["step05", "step06"], optimize=False,
+                                       log=lambda _: None).read_text())
+    weights = manifest["weights_file"]
+    data = (tmp_path / WEIGHTS_NAME).read_bytes()
+    assert weights["bytes"] == len(data) and weights["sha256"] == hashlib.sha256(data).hexdigest()
+    referenced = sum(manifest["graphs"][g]["external_bytes"] for g in ("step05", "step06"))
+    assert referenced == weights["referenced_bytes"]
+    assert len(data) < 0.7 * referenced  # the shared prior is stored once
+    for graph in ("step05", "step06"):
+        entry = manifest["graphs"][graph]
+        assert entry["bytes"] < 0.05 * entry["external_bytes"]  # the .onnx keeps structure and offsets only
+        model = onnx.load(str(tmp_path / entry["file"]), load_external_data=False)
+        locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locations == {WEIGHTS_NAME}
+    assert manifest["graphs"]["step05"]["weights_sha256"] != manifest["graphs"]["step06"]["weights_sha256"]
+    backend = OnnxRuntimeBackend(tmp_path)
+    for spec in graph_specs(phase2, SIZE, names=["step05", "step06"], seed=1):
+        with torch.no_grad():
+            expected = spec.module(*spec.inputs.values())
+        got = backend.run(spec.name, dict(spec.inputs))
+        for name, e in zip(spec.outputs, expected):
+            assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()

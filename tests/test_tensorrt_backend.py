@@ -19,7 +19,7 @@ def test_cache_key_changes_with_every_field():
     assert key == engine_cache_key(**base)
     variations = [("onnx_sha256", "b"), ("trt_version", "11.1"), ("gpu_name", "H200"), ("capability", (8, 0)),
                   ("plugin_sha256", "q"), ("profile", Profile((256, 256), (512, 768), (2048, 2048))),
-                  ("precision", "fp16")]
+                  ("precision", "fp16"), ("weights_sha256", "w")]
     assert len({engine_cache_key(**{**base, k: v}) for k, v in variations} | {key}) == len(variations) + 1
 
 
