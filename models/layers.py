@@ -83,7 +83,10 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        # Statistics in float32 also for float16 activations (fp16 exports): squared deviations
+        # beyond 256 would overflow float16. For float32 input both casts are no-ops.
+        x32 = x.float()
+        mean = x32.mean(dim=1, keepdim=True)
+        var = (x32 - mean).pow(2).mean(dim=1, keepdim=True)
+        normed = ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return normed * self.weight[:, None, None] + self.bias[:, None, None]

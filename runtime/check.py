@@ -118,6 +118,9 @@ def check_export(model: HPCM, backend, images: Iterable[tuple[str, torch.Tensor]
             outputs = backend.run(graph, inputs)
             elapsed = time.perf_counter() - start
             stats = {k: error_stats(expected[k], outputs[k]) for k in expected}
+            broken = [k for k in expected if not torch.isfinite(outputs[k]).all()]
+            if broken:  # NaN would compare as within any tolerance
+                report["failures"].append(f"{graph} on {name}: non-finite values in {', '.join(broken)}")
             report["graphs"].setdefault(graph, []).append({"image": name, "seconds": elapsed, "outputs": stats})
             worst = max(s["max"] for s in stats.values())
             if graph != "forward" and worst > tolerances.max_abs_error:
