@@ -121,3 +121,24 @@ def test_load_without_cuda_explains(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="needs a CUDA build of PyTorch"):
         biwkv_cuda.load_cuda_kernel()
+
+
+@gpu
+def test_eager_model_on_gpu_uses_kernel_and_matches_cpu(extension, monkeypatch):
+    """phase2's whole forward on GPU (its RWKV cells through the kernel) against the same model on CPU."""
+    from hpcm.models import build_model
+    from hpcm.runtime.codec import deterministic_precision
+
+    calls = []
+    kernel = extension.forward
+    monkeypatch.setattr(extension, "forward", lambda *args: calls.append(1) or kernel(*args))
+    model = build_model("phase2", seed=0).eval()
+    x = torch.rand(1, 3, 256, 384, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(x, training=False)
+        with deterministic_precision(torch.device("cuda")):
+            got = model.cuda()(x.cuda(), training=False)
+    assert calls, "the RWKV cells did not reach the CUDA kernel"
+    assert (got["x_hat"].cpu() - expected["x_hat"]).abs().max() < 1e-4
+    for name in ("y", "z"):
+        assert (got["likelihoods"][name].cpu() - expected["likelihoods"][name]).abs().max() < 1e-4

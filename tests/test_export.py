@@ -30,11 +30,6 @@ OTHER_SIZE = (128, 256)
 
 
 @pytest.fixture(scope="module")
-def phase2():
-    return build_model("phase2", seed=0).eval()
-
-
-@pytest.fixture(scope="module")
 def custom_export(tmp_path_factory):
     """phase2 step01 with the custom WKV node, through the hpcm-export command."""
     out = tmp_path_factory.mktemp("custom")

@@ -28,11 +28,6 @@ FP16_RELATIVE = 5e-3
 
 
 @pytest.fixture(scope="module")
-def phase2():
-    return build_model("phase2", seed=0).eval()
-
-
-@pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory):
     """phase2's RWKV-cell step at s3 and the synthesis, through the command."""
     out = tmp_path_factory.mktemp("fp16")

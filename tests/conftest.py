@@ -1,0 +1,11 @@
+"""Fixtures several test files share."""
+
+import pytest
+
+from hpcm.models import build_model
+
+
+@pytest.fixture(scope="module")
+def phase2():
+    """The seeded, untrained phase2 model the export tests compare graphs against."""
+    return build_model("phase2", seed=0).eval()
