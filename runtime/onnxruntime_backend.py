@@ -1,16 +1,18 @@
 """Run exported graphs on ONNX Runtime (CPU), including graphs with the custom Bi-WKV node.
 
 Decomposed graphs (``--wkv decomposed``) need nothing beyond ``onnxruntime``. Graphs with the
-contract's custom node run through ``onnxruntime-extensions``: its Python custom ops resolve only
-the domain ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain and opset import
-rewritten, and the op is implemented with the PyTorch reference evaluation (``biwkv_eager``).
-This is a correctness route (CPU, float32), not a fast one.
-"""
+contract's custom node take one of two routes (``wkv_op_route()``):
 
+* ``native``: the compiled custom-op library of ``hpcm.plugins.biwkv.cpu`` (C++ scan, float32 or
+  float16 k/v), registered with the session; the graph runs as exported. Used whenever the library
+  can be had (``ONNXRUNTIME_INCLUDE_DIR`` or ``HPCM_BIWKV_ORT_OP``).
+* ``python``: ``onnxruntime-extensions`` with the op in Python (``biwkv_eager``). Its custom ops
+  resolve only the domain ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain
+  rewritten. Correct, but every call copies its tensors through Python (~0.1 s per 6 MB tensor).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from hpcm.plugins.biwkv.contract import CONTRACT
 
@@ -96,22 +98,50 @@ def to_contrib_domain(model):
     return copy, changed
 
 
-def cpu_session(path: Union[str, Path]):
-    """An ``onnxruntime.InferenceSession`` on CPU for an exported graph (custom or decomposed WKV)."""
+_route: Optional[str] = None
+
+
+def wkv_op_route() -> str:
+    """``native`` when the compiled custom-op library is available here, else ``python``."""
+    global _route
+    if _route is None:
+        from hpcm.plugins.biwkv.cpu import OrtOpUnavailable, ort_op_library
+
+        try:
+            ort_op_library()
+            _route = "native"
+        except OrtOpUnavailable:
+            _route = "python"
+    return _route
+
+
+def cpu_session(path: Union[str, Path], route: Optional[str] = None):
+    """An ``onnxruntime.InferenceSession`` on CPU for an exported graph (custom or decomposed WKV).
+
+    ``route``: how custom Bi-WKV nodes run, ``native`` or ``python`` (default ``wkv_op_route()``).
+    """
     import onnx
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX graph {path} does not exist")
-    model = onnx.load(str(path))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    model, has_custom = to_contrib_domain(model)
+    if (route or wkv_op_route()) == "native":
+        from hpcm.plugins.biwkv.cpu import ort_op_library
+
+        options.register_custom_ops_library(str(ort_op_library()))
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model, has_custom = to_contrib_domain(onnx.load(str(path)))
     if not has_custom:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     _register_python_op()
     from onnxruntime_extensions import get_library_path
+
+    # The Python op computes with PyTorch's own threads; ORT's pool threads spinning for work next to
+    # them would take the same cores (phase4 forward at 768x512 on 2 cores: 7.8 s -> see README).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     options.register_custom_ops_library(get_library_path())
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -137,8 +167,10 @@ class OnnxRuntimeBackend:
         if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("ONNX Runtime has no CUDA execution provider here: pip install onnxruntime-gpu")
         self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-        self.fingerprint = (f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{self.manifest['wkv']}/"
-                            f"{self.manifest['precision']}")
+        # The two custom-node routes compute the WKV differently (float64 state vs PyTorch's
+        # closed form), so the route is part of what computed a stream's entropy parameters.
+        wkv = self.manifest["wkv"] + (f"-{wkv_op_route()}" if self.manifest["wkv"] == "custom" else "")
+        self.fingerprint = f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{wkv}/{self.manifest['precision']}"
         self._sessions: dict = {}
 
     @property

@@ -12,16 +12,14 @@ A coded stream (the bytes returned by :meth:`RansEncoder.flush`) is
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from hpcm.native import NativeBuildError, build_shared_library
 
 from .errors import BitstreamError
 
@@ -41,30 +39,11 @@ _u16p = ctypes.POINTER(ctypes.c_uint16)
 _i64p = ctypes.POINTER(ctypes.c_int64)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("HPCM_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "hpcm-rwkv"
-
-
 def _compile_library() -> ctypes.CDLL | None:
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    target = _cache_dir() / f"hpcm_rans_{digest}.so"
-    if not target.exists():
-        compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-        if compiler is None:
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # build beside the target and rename, so concurrent first uses never load a partial file
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            subprocess.run([compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-o", tmp, str(_SOURCE)],
-                           check=True, capture_output=True)
-            os.replace(tmp, target)
-        except (OSError, subprocess.CalledProcessError):
-            Path(tmp).unlink(missing_ok=True)
-            return None
+    try:
+        target = build_shared_library("hpcm_rans", [_SOURCE])
+    except NativeBuildError:
+        return None
     lib = ctypes.CDLL(str(target))
     lib.hpcm_rans_encode.restype = ctypes.c_int64
     lib.hpcm_rans_encode.argtypes = [ctypes.c_int32, _i32p, _i32p, ctypes.c_int64, _i32p, ctypes.c_int64,
