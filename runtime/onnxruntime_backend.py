@@ -9,6 +9,8 @@ contract's custom node take one of two routes (``wkv_op_route()``):
 * ``python``: ``onnxruntime-extensions`` with the op in Python (``biwkv_eager``). Its custom ops
   resolve only the domain ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain
   rewritten. Correct, but every call copies its tensors through Python (~0.1 s per 6 MB tensor).
+"""
+
 from __future__ import annotations
 
 from pathlib import Path
