@@ -52,9 +52,9 @@ def main() -> None:
     def summary(t: list[float]) -> str:
         return f"median {statistics.median(t) * 1e3:.0f} ms (min {min(t) * 1e3:.0f}, max {max(t) * 1e3:.0f}, N={len(t)})"
 
-    print(f"variant {manifest['variant']['name']}, wkv {manifest['wkv']}, {args.size[0]}x{args.size[1]}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"  onnxruntime CPU forward: {summary(ort_times)}")
+    print(f"variant {manifest['variant']['name']}, {args.size[0]}x{args.size[1]}, torch threads "
+          f"{torch.get_num_threads()}, backend {backend.fingerprint}")
+    print(f"  onnxruntime CPU {args.graph}: {summary(ort_times)}")
     print(f"  eager PyTorch CPU      : {summary(eager_times)}")
 
 
