@@ -606,6 +606,8 @@ def export_model(
     for index, spec in enumerate(specs, 1):
         path = out_dir / f"{spec.name}.onnx"
         start = time.perf_counter()
+        if spec.name == "forward":
+            log(f"[{index}/{len(specs)}] forward: tracing the whole model, about 7 minutes on 2 CPU cores ...")
         expected = count_wkv_calls(spec) if wkv == "custom" else None
         if expected is not None and spec.name == "forward" and not isinstance(model.attn_s3, CrossAttentionCell):
             # The last step's new context feeds nothing, so the exporter drops its cell's WKV call.
