@@ -594,10 +594,11 @@ def export_model(
     model = model.eval()
     specs = graph_specs(model, size, batch=batch, names=graphs)
     dtype = PRECISIONS[precision]
+    traced = model  # the model whose graphs are traced
     if dtype != torch.float32:
         reference_specs = specs
-        reduced = reduced_precision_copy(model, dtype).eval()
-        specs = graph_specs(reduced, size, batch=batch, names=graphs)
+        traced = reduced_precision_copy(model, dtype).eval()
+        specs = graph_specs(traced, size, batch=batch, names=graphs)
         for spec in specs:
             spec.module = ReducedPrecisionGraph(spec.module, dtype)
     entries = {}
@@ -612,7 +613,7 @@ def export_model(
         if expected is not None and spec.name == "forward" and not isinstance(model.attn_s3, CrossAttentionCell):
             # The last step's new context feeds nothing, so the exporter drops its cell's WKV call.
             expected -= 1
-        with wkv_route(wkv), export_friendly_entropy(model):
+        with wkv_route(wkv), export_friendly_entropy(traced):
             try:
                 export_graph(spec, path, opset=opset, max_tiles=max(2, 8192 // model.alignment), optimize=optimize)
             except ExportError:
