@@ -1,10 +1,11 @@
-"""The eager model that belongs to an export directory, with the export's own entropy tables."""
+"""An export directory opened for use: the eager model it was made from (with the export's own
+entropy tables) and a graph backend that runs its graphs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -39,3 +40,29 @@ def load_export_model(export_dir: Path, checkpoint: Optional[Path] = None) -> HP
     elif not model.has_entropy_tables:
         model.update()
     return model.eval()
+
+
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def open_export(export_dir: Path, backend: str = "onnxruntime", device: str = "cpu",
+                checkpoint: Optional[Path] = None, log: Callable[[str], None] = print):
+    """``(model, runner)``: the export's eager model and a backend running its graphs.
+
+    ``GraphModel(model, runner)`` is then the codec on that backend; ``device`` picks ONNX Runtime's
+    execution provider (TensorRT always runs on CUDA, and the model's bookkeeping moves there too).
+    """
+    export_dir = Path(export_dir)
+    if not (export_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{export_dir}/manifest.json does not exist: is {export_dir} an hpcm-export directory?")
+    model = load_export_model(export_dir, checkpoint)
+    if backend == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        return model, OnnxRuntimeBackend(export_dir, device=device)
+    if backend == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        runner = TensorRTBackend(export_dir, log=log)
+        return model.cuda(), runner
+    raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")

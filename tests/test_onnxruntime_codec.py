@@ -143,3 +143,32 @@ def test_check_command_reports_and_exits(export_dir, tmp_path):
                                        "--images", str(tmp_path / "none"), "--graph", "step05",
                                        "--max-abs-error", "0"])
     assert strict.exit_code != 0 and "step05" in strict.output
+
+
+def test_encode_and_decode_commands_on_the_export(export_dir, tmp_path):
+    """``hpcm encode/decode --export DIR``: the CLI codec on ONNX Runtime, decodable by eager PyTorch too."""
+    from PIL import Image
+
+    from hpcm.cli import main
+
+    g = torch.Generator().manual_seed(7)
+    pixels = (torch.rand(1, 3, 24, 40, generator=g) * 255).round().to(torch.uint8)
+    pixels = torch.nn.functional.interpolate(pixels.float(), size=(192, 320), mode="bilinear").round().to(torch.uint8)
+    Image.fromarray(pixels[0].permute(1, 2, 0).numpy()).save(tmp_path / "in.png")
+    runner = CliRunner()
+    encoded = runner.invoke(main, ["encode", str(tmp_path / "in.png"), "--export", str(export_dir),
+                                   "-o", str(tmp_path / "in.hpcm")])
+    assert encoded.exit_code == 0, encoded.output
+    assert "onnxruntime" in encoded.output
+    for extra, name in ((["--export", str(export_dir)], "graphs.png"), ([], "eager.png")):
+        decoded = runner.invoke(main, ["decode", str(tmp_path / "in.hpcm"), "-o", str(tmp_path / name), *extra])
+        assert decoded.exit_code == 0, decoded.output
+    graphs = np.asarray(Image.open(tmp_path / "graphs.png"), dtype=np.int16)
+    eager = np.asarray(Image.open(tmp_path / "eager.png"), dtype=np.int16)
+    assert graphs.shape == (192, 320, 3) and np.abs(graphs - eager).max() <= 1  # float rounding at 8 bits only
+    conflict = runner.invoke(main, ["encode", str(tmp_path / "in.png"), "--export", str(export_dir), "-v", "phase3",
+                                    "-o", str(tmp_path / "x.hpcm")])
+    assert conflict.exit_code != 0 and "exclude each other" in conflict.output
+    missing = runner.invoke(main, ["decode", str(tmp_path / "in.hpcm"), "--export", str(tmp_path), "-o",
+                                   str(tmp_path / "x.png")])
+    assert missing.exit_code != 0 and "hpcm-export directory" in missing.output

@@ -120,6 +120,35 @@ def load_model(variant: str | None, checkpoint: Path | None, device: str):  # no
         raise click.ClickException(f"cannot use device {device!r}: {exc}") from exc
 
 
+def load_codec_model(variant: str | None, checkpoint: Path | None, device: str, export_dir: Path | None,
+                     backend: str):  # noqa: ANN201 - an HPCM or a GraphModel
+    """The eager model, or with ``export_dir`` the export's graphs on ``backend`` (GraphModel)."""
+    if export_dir is None:
+        return load_model(variant, checkpoint, device)
+    if variant is not None:
+        raise click.ClickException("--variant and --export exclude each other: the export fixes the variant")
+    from hpcm.runtime.export_loading import open_export
+    from hpcm.runtime.graph_model import GraphModel
+
+    try:
+        model, runner = open_export(export_dir, backend, device, checkpoint, log=lambda m: click.echo(m, err=True))
+        return GraphModel(model, runner)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _backend_name(model) -> str:  # noqa: ANN001 - an HPCM or a GraphModel
+    return getattr(model, "backend_fingerprint", "eager PyTorch")
+
+
+export_option = click.option(
+    "--export", "export_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="run the networks as the graphs of this hpcm-export directory (its variant, weights and tables)")
+backend_option = click.option(
+    "--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+    help="graph backend for --export (--device picks ONNX Runtime's provider)")
+
+
 @contextmanager
 def _warnings_as_notices() -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
@@ -137,12 +166,18 @@ def _warnings_as_notices() -> Iterator[None]:
 @click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--device", default="cpu", show_default=True,
               help="device computing the entropy parameters; decode on the same kind of device")
-def encode(image: Path, output: Path, variant: str | None, checkpoint: Path | None, device: str) -> None:
-    """Compress IMAGE (8-bit RGB/gray, any size) to a .hpcm bitstream."""
+@export_option
+@backend_option
+def encode(image: Path, output: Path, variant: str | None, checkpoint: Path | None, device: str,
+           export_dir: Path | None, backend: str) -> None:
+    """Compress IMAGE (8-bit RGB/gray, any size) to a .hpcm bitstream.
+
+    With --export, the networks run as exported graphs (ONNX Runtime or TensorRT); any backend whose
+    scale error stays within the stream's boundary guard decodes it."""
     from hpcm.runtime.codec import compress
 
     x = load_image(image)
-    model = load_model(variant, checkpoint, device)
+    model = load_codec_model(variant, checkpoint, device, export_dir, backend)
     start = time.perf_counter()
     try:
         with _warnings_as_notices():
@@ -154,7 +189,7 @@ def encode(image: Path, output: Path, variant: str | None, checkpoint: Path | No
         tmp.write_bytes(data)
     h, w = x.shape[-2:]
     click.echo(f"{image.name}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp, "
-               f"encoded in {elapsed:.2f} s ({model.spec.name}) -> {output}")
+               f"encoded in {elapsed:.2f} s ({model.spec.name}, {_backend_name(model)}) -> {output}")
 
 
 @click.command()
@@ -164,8 +199,11 @@ def encode(image: Path, output: Path, variant: str | None, checkpoint: Path | No
 @click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="the checkpoint that encoded the bitstream (default: the seeded untrained model)")
 @click.option("--device", default="cpu", show_default=True)
-def decode(bitstream: Path, output: Path, checkpoint: Path | None, device: str) -> None:
-    """Decompress a .hpcm BITSTREAM to a PNG."""
+@export_option
+@backend_option
+def decode(bitstream: Path, output: Path, checkpoint: Path | None, device: str, export_dir: Path | None,
+           backend: str) -> None:
+    """Decompress a .hpcm BITSTREAM to a PNG (with --export: on the export's graphs)."""
     from hpcm.runtime.codec import decompress, inspect
     from hpcm.runtime.errors import BitstreamError
 
@@ -174,14 +212,17 @@ def decode(bitstream: Path, output: Path, checkpoint: Path | None, device: str) 
         header = inspect(data)
     except BitstreamError as exc:
         raise click.ClickException(f"{bitstream}: {exc}") from exc
-    if checkpoint is None:
+    if checkpoint is None and export_dir is None:
         from hpcm.models import VARIANTS
 
         # the name comes from an untrusted file: never let it select a variant .json path
         if header.variant not in VARIANTS:
             raise click.ClickException(f"{bitstream}: encoded with variant {header.variant!r}; "
                                        "pass the checkpoint that encoded it with --checkpoint")
-    model = load_model(None if checkpoint else header.variant, checkpoint, device)
+    if export_dir is not None:
+        model = load_codec_model(None, checkpoint, device, export_dir, backend)
+    else:
+        model = load_model(None if checkpoint else header.variant, checkpoint, device)
     start = time.perf_counter()
     try:
         with _warnings_as_notices():
@@ -191,7 +232,8 @@ def decode(bitstream: Path, output: Path, checkpoint: Path | None, device: str) 
     elapsed = time.perf_counter() - start
     save_png(x_hat, output)
     click.echo(f"{bitstream.name}: {header.width}x{header.height}, "
-               f"{8 * len(data) / (header.width * header.height):.4f} bpp, decoded in {elapsed:.2f} s -> {output}")
+               f"{8 * len(data) / (header.width * header.height):.4f} bpp, decoded in {elapsed:.2f} s "
+               f"({_backend_name(model)}) -> {output}")
 
 
 def _read_bitstream(path: Path) -> bytes:

@@ -71,20 +71,11 @@ def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, 
     import json
 
     from hpcm.runtime.check import Tolerances, check_export
-    from hpcm.runtime.export_loading import load_export_model
+    from hpcm.runtime.export_loading import open_export
     from hpcm.runtime.mismatch import load_images
 
     try:
-        model = load_export_model(export_dir, checkpoint)
-        if backend == "onnxruntime":
-            from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-            runner = OnnxRuntimeBackend(export_dir, device=device)
-        else:
-            from hpcm.runtime.tensorrt_backend import TensorRTBackend
-
-            runner = TensorRTBackend(export_dir, log=click.echo)
-            model = model.cuda()
+        model, runner = open_export(export_dir, backend, device, checkpoint, log=click.echo)
         folder = images or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kodak"
         if not folder.is_dir():
             click.echo(f"{folder} not found: using synthetic images", err=True)
