@@ -72,7 +72,9 @@ def to_contrib_domain(model):
         return node.op_type == CONTRACT.op_type and node.domain == CONTRACT.domain
 
     changed = any(is_wkv(n) for n in copy.graph.node)
-    half = _float16_values(copy) if changed else set()
+    # Shape inference only for fp16 exports: it costs seconds on the forward graph.
+    has_float16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in copy.graph.initializer)
+    half = _float16_values(copy) if changed and has_float16 else set()
     nodes = []
     for node in copy.graph.node:
         if not is_wkv(node):

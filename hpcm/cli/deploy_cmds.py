@@ -45,8 +45,6 @@ def build(export_dir: Path, precision: str | None, min_size, opt_size, max_size,
         raise click.ClickException(str(exc)) from exc
 
 
-
-
 @click.command()
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
