@@ -1,8 +1,8 @@
 // CPU Bi-WKV; the scan state is the one of biwkv_kernel.cu (see README.md, "Parallelisation"):
 // exp(m) * (num, den) is the weighted sum of (v, 1) over the tokens seen, m the largest exponent,
 // so nothing overflows whatever the decay. One row is O(T) with five exp per token.
-// The state is double: a sequential float32 scan loses about T ulps (2.9e-5 at T = 34,560, where
-// the GPU's tree-shaped scan stays near 1e-6), and on a CPU double costs little more.
+// The state is double: a sequential float32 scan drifts with T (measured 2.9e-5 max abs error at
+// T = 34,560 against the float64 reference, 1e-8 with double), and on a CPU double costs little more.
 
 #include "biwkv_cpu.h"
 
