@@ -11,20 +11,13 @@ from pathlib import Path
 import pytest
 
 from hpcm.plugins.biwkv import CONTRACT
+from tests.cuda_emulation import find_nvcc
 
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 SKIP_MESSAGE = "skipping TensorRT plugin: set -DTENSORRT_ROOT=... (headers of NVIDIA/TensorRT include/)"
 
 
-def _find_nvcc() -> str | None:
-    candidates = [shutil.which("nvcc")]
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root:
-            candidates.append(str(Path(root) / "bin" / "nvcc"))
-    return next((c for c in candidates if c and Path(c).is_file()), None)
-
-
-NVCC = _find_nvcc()
+NVCC = find_nvcc()
 CMAKE = shutil.which("cmake")
 needs_toolchain = pytest.mark.skipif(
     NVCC is None or CMAKE is None,

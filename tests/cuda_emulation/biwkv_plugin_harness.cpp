@@ -1,0 +1,315 @@
+// Drives the TensorRT plugin the way TensorRT does, without TensorRT: getCreators, createPlugin,
+// the build-phase queries, then enqueue on the SIMT-emulated kernel, checked against the direct
+// float64 sum of shared/design/biwkv.md. Built only against TensorRT's headers (no libnvinfer).
+//
+//   biwkv_plugin_harness <expected name> <expected version> <expected namespace>
+// Prints one line per check and "ALL PASSED" or "SOME CHECKS FAILED" (exit status 1).
+
+#include <NvInferRuntime.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "biwkv_kernel.h"
+
+extern "C" void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
+extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
+
+namespace
+{
+
+using nvinfer1::DataType;
+using nvinfer1::TensorFormat;
+
+class RecordingLogger final : public nvinfer1::ILogger
+{
+public:
+    void log(Severity severity, char const* message) noexcept override
+    {
+        if (severity <= Severity::kERROR)
+        {
+            errors.emplace_back(message);
+        }
+    }
+    std::vector<std::string> errors;
+};
+
+class FixedLoggerFinder final : public nvinfer1::ILoggerFinder
+{
+public:
+    explicit FixedLoggerFinder(nvinfer1::ILogger* logger)
+        : mLogger(logger)
+    {
+    }
+    nvinfer1::ILogger* findLogger() override
+    {
+        return mLogger;
+    }
+
+private:
+    nvinfer1::ILogger* mLogger;
+};
+
+bool gAllPassed = true;
+
+void check(bool ok, std::string const& what)
+{
+    std::printf("%s %s\n", ok ? "PASS" : "FAIL", what.c_str());
+    gAllPassed = gAllPassed && ok;
+}
+
+nvinfer1::Dims dims(std::vector<int64_t> const& extents)
+{
+    nvinfer1::Dims d{};
+    d.nbDims = static_cast<int32_t>(extents.size());
+    for (size_t i = 0; i < extents.size(); ++i)
+    {
+        d.d[i] = extents[i];
+    }
+    return d;
+}
+
+nvinfer1::PluginTensorDesc desc(std::vector<int64_t> const& extents, DataType type,
+    TensorFormat format = TensorFormat::kLINEAR)
+{
+    return nvinfer1::PluginTensorDesc{dims(extents), type, format, -1.0F};
+}
+
+// w, u, k, v and y for one (B, C, T) with TensorRT's build-time view: min = opt = max = the shape.
+std::vector<nvinfer1::DynamicPluginTensorDesc> buildDescs(int64_t B, int64_t C, int64_t T, DataType io)
+{
+    std::vector<nvinfer1::DynamicPluginTensorDesc> out;
+    for (auto const& [extents, type] : std::vector<std::pair<std::vector<int64_t>, DataType>>{
+             {{C}, DataType::kFLOAT}, {{C}, DataType::kFLOAT}, {{B, C, T}, io}, {{B, C, T}, io}, {{B, C, T}, io}})
+    {
+        nvinfer1::DynamicPluginTensorDesc d{};
+        d.desc = desc(extents, type);
+        d.min = d.opt = d.max = dims(extents);
+        out.push_back(d);
+    }
+    return out;
+}
+
+// The biwkv.md formula as written: every pair (t, i) summed directly, in double.
+std::vector<double> directSum(std::vector<float> const& w, std::vector<float> const& u, std::vector<double> const& k,
+    std::vector<double> const& v, int64_t B, int64_t C, int64_t T)
+{
+    std::vector<double> y(k.size());
+    for (int64_t row = 0; row < B * C; ++row)
+    {
+        double const wc = w[static_cast<size_t>(row % C)];
+        double const uc = u[static_cast<size_t>(row % C)];
+        double const* kr = k.data() + row * T;
+        double const* vr = v.data() + row * T;
+        for (int64_t t = 0; t < T; ++t)
+        {
+            double top = uc + kr[t];
+            for (int64_t i = 0; i < T; ++i)
+            {
+                if (i != t)
+                {
+                    top = std::max(top, -static_cast<double>(std::llabs(t - i) - 1) * wc + kr[i]);
+                }
+            }
+            double num = std::exp(uc + kr[t] - top) * vr[t];
+            double den = std::exp(uc + kr[t] - top);
+            for (int64_t i = 0; i < T; ++i)
+            {
+                if (i != t)
+                {
+                    double const weight = std::exp(-static_cast<double>(std::llabs(t - i) - 1) * wc + kr[i] - top);
+                    num += weight * vr[i];
+                    den += weight;
+                }
+            }
+            y[static_cast<size_t>(row * T + t)] = num / den;
+        }
+    }
+    return y;
+}
+
+void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3OneBuild& build, int64_t B, int64_t C,
+    int64_t T, DataType io, std::mt19937& rng)
+{
+    bool const half = io == DataType::kHALF;
+    size_t const n = static_cast<size_t>(B * C * T);
+    std::uniform_real_distribution<double> uniform(-1.0, 1.0);
+    std::vector<float> w(static_cast<size_t>(C));
+    std::vector<float> u(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c)
+    {
+        w[static_cast<size_t>(c)] = static_cast<float>(3.0 * uniform(rng) / static_cast<double>(T));
+        u[static_cast<size_t>(c)] = static_cast<float>(2.0 * uniform(rng) / static_cast<double>(T));
+    }
+    std::vector<double> k(n);
+    std::vector<double> v(n);
+    std::vector<float> k32(n);
+    std::vector<float> v32(n);
+    std::vector<__half> k16(n);
+    std::vector<__half> v16(n);
+    for (size_t i = 0; i < n; ++i)
+    {
+        k32[i] = static_cast<float>(4.0 * uniform(rng));
+        v32[i] = static_cast<float>(uniform(rng));
+        k16[i] = __float2half_rn(k32[i]);
+        v16[i] = __float2half_rn(v32[i]);
+        k[i] = half ? __half2float(k16[i]) : k32[i];
+        v[i] = half ? __half2float(v16[i]) : v32[i];
+    }
+    std::vector<double> const expected = directSum(w, u, k, v, B, C, T);
+
+    std::vector<nvinfer1::DynamicPluginTensorDesc> const descs = buildDescs(B, C, T, io);
+    size_t const workspaceBytes = build.getWorkspaceSize(descs.data(), 4, descs.data() + 4, 1);
+    std::vector<unsigned char> workspace(workspaceBytes);
+    std::vector<float> y32(n);
+    std::vector<__half> y16(n);
+    nvinfer1::PluginTensorDesc inDesc[4] = {descs[0].desc, descs[1].desc, descs[2].desc, descs[3].desc};
+    nvinfer1::PluginTensorDesc outDesc[1] = {descs[4].desc};
+    void const* inputs[4] = {w.data(), u.data(), half ? static_cast<void const*>(k16.data()) : k32.data(),
+        half ? static_cast<void const*>(v16.data()) : v32.data()};
+    void* outputs[1] = {half ? static_cast<void*>(y16.data()) : y32.data()};
+    bool const shapeOk = runtime.onShapeChange(inDesc, 4, outDesc, 1) == 0;
+    int32_t const status = runtime.enqueue(
+        inDesc, outDesc, inputs, outputs, workspaceBytes > 0 ? workspace.data() : nullptr, nullptr);
+
+    double worst = 0.0;
+    for (size_t i = 0; i < n; ++i)
+    {
+        double const got = half ? __half2float(y16[i]) : y32[i];
+        double const err = std::fabs(got - expected[i]) / (std::fabs(expected[i]) + 1.0);
+        worst = std::isnan(err) ? err : std::max(worst, err);
+    }
+    double const tolerance = half ? 1e-3 : 1e-5;
+    char line[160];
+    std::snprintf(line, sizeof line, "enqueue B=%lld C=%lld T=%lld %s workspace %zu B: max err %.3g (tol %.0e)",
+        static_cast<long long>(B), static_cast<long long>(C), static_cast<long long>(T), half ? "fp16" : "fp32",
+        workspaceBytes, worst, tolerance);
+    check(shapeOk && status == 0 && worst <= tolerance, line);
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 4)
+    {
+        std::fprintf(stderr, "usage: %s NAME VERSION NAMESPACE\n", argv[0]);
+        return 2;
+    }
+    RecordingLogger logger;
+    FixedLoggerFinder finder(&logger);
+    setLoggerFinder(&finder);
+
+    int32_t nbCreators = 0;
+    nvinfer1::IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+    check(nbCreators == 1 && creators != nullptr && creators[0] != nullptr, "getCreators returns one creator");
+    nvinfer1::InterfaceInfo const info = creators[0]->getInterfaceInfo();
+    check(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0, std::string("creator interface ") + info.kind);
+    auto& creator = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[0]);
+    check(std::strcmp(creator.getPluginName(), argv[1]) == 0 && std::strcmp(creator.getPluginVersion(), argv[2]) == 0
+            && std::strcmp(creator.getPluginNamespace(), argv[3]) == 0,
+        std::string("creator identity ") + creator.getPluginNamespace() + "::" + creator.getPluginName() + " v"
+            + creator.getPluginVersion());
+    check(creator.getFieldNames() != nullptr && creator.getFieldNames()->nbFields == 0, "creator lists no fields");
+
+    nvinfer1::PluginFieldCollection const noFields{0, nullptr};
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(creator.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kBUILD));
+    check(plugin != nullptr, "createPlugin (build phase)");
+    if (!plugin)
+    {
+        return 1;
+    }
+    auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
+    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
+    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    check(core != nullptr && build != nullptr && runtime != nullptr, "core, build and runtime capabilities");
+    check(std::strcmp(core->getPluginName(), argv[1]) == 0 && std::strcmp(core->getPluginNamespace(), argv[3]) == 0,
+        "plugin identity matches the creator");
+
+    check(build->getNbOutputs() == 1, "one output");
+    DataType const inTypes[4] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kHALF, DataType::kHALF};
+    DataType outType = DataType::kFLOAT;
+    check(build->getOutputDataTypes(&outType, 1, inTypes, 4) == 0 && outType == DataType::kHALF,
+        "output dtype follows k");
+
+    // The plugin only forwards k's expressions, so distinct addresses stand in for TensorRT's.
+    nvinfer1::IDimensionExpr const* const exprB = reinterpret_cast<nvinfer1::IDimensionExpr const*>(0x10);
+    nvinfer1::IDimensionExpr const* const exprC = reinterpret_cast<nvinfer1::IDimensionExpr const*>(0x20);
+    nvinfer1::IDimensionExpr const* const exprT = reinterpret_cast<nvinfer1::IDimensionExpr const*>(0x30);
+    nvinfer1::DimsExprs inExprs[4]{};
+    inExprs[0].nbDims = inExprs[1].nbDims = 1;
+    inExprs[0].d[0] = inExprs[1].d[0] = exprC;
+    for (int i : {2, 3})
+    {
+        inExprs[i].nbDims = 3;
+        inExprs[i].d[0] = exprB;
+        inExprs[i].d[1] = exprC;
+        inExprs[i].d[2] = exprT;
+    }
+    nvinfer1::DimsExprs outExprs[1]{};
+    // Output = k's expressions needs no arithmetic; the builder is never called, and only libnvinfer can
+    // make a real one, so untouched storage stands in for it.
+    alignas(nvinfer1::IExprBuilder) unsigned char builderStorage[sizeof(nvinfer1::IExprBuilder)]{};
+    auto& exprBuilder = *reinterpret_cast<nvinfer1::IExprBuilder*>(builderStorage);
+    check(build->getOutputShapes(inExprs, 4, nullptr, 0, outExprs, 1, exprBuilder) == 0 && outExprs[0].nbDims == 3
+            && outExprs[0].d[0] == exprB && outExprs[0].d[1] == exprC && outExprs[0].d[2] == exprT,
+        "output shape is k's (B, C, T)");
+
+    std::vector<nvinfer1::DynamicPluginTensorDesc> formats = buildDescs(1, 4, 64, DataType::kHALF);
+    check(build->supportsFormatCombination(0, formats.data(), 4, 1)
+            && build->supportsFormatCombination(2, formats.data(), 4, 1)
+            && build->supportsFormatCombination(4, formats.data(), 4, 1),
+        "accepts float32 w and float16 k, v, y");
+    formats[0].desc.type = DataType::kHALF;
+    formats[3].desc.type = DataType::kFLOAT;
+    formats[2].desc.format = TensorFormat::kCHW2;
+    check(!build->supportsFormatCombination(0, formats.data(), 4, 1)
+            && !build->supportsFormatCombination(3, formats.data(), 4, 1)
+            && !build->supportsFormatCombination(2, formats.data(), 4, 1)
+            && !build->supportsFormatCombination(5, formats.data(), 4, 1),
+        "refuses float16 w, v unlike k, non-linear formats and positions past the output");
+
+    std::vector<nvinfer1::DynamicPluginTensorDesc> good = buildDescs(2, 3, 5000, DataType::kFLOAT);
+    check(build->configurePlugin(good.data(), 4, good.data() + 4, 1) == 0, "configurePlugin accepts (B, C, T)");
+    check(build->getWorkspaceSize(good.data(), 4, good.data() + 4, 1) == hpcm_biwkv_workspace_bytes(2, 3, 5000)
+            && hpcm_biwkv_workspace_bytes(2, 3, 5000) > 0,
+        "workspace is the kernel's for the profile's largest shape");
+    std::vector<nvinfer1::DynamicPluginTensorDesc> bad = good;
+    bad[0].desc.dims = bad[0].min = bad[0].opt = bad[0].max = dims({4});
+    size_t const errorsBefore = logger.errors.size();
+    check(build->configurePlugin(bad.data(), 4, bad.data() + 4, 1) != 0 && logger.errors.size() == errorsBefore + 1
+            && logger.errors.back().find(argv[1]) == 0,
+        "configurePlugin refuses w with another C and logs why through the logger finder");
+
+    std::mt19937 rng(7);
+    std::unique_ptr<nvinfer1::IPluginV3> attached(runtime->attachToContext(nullptr));
+    check(attached != nullptr && attached.get() != plugin.get(), "attachToContext returns a new plugin");
+    auto* attachedRuntime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
+        attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    for (DataType io : {DataType::kFLOAT, DataType::kHALF})
+    {
+        checkEnqueue(*attachedRuntime, *build, 2, 3, 300, io, rng);
+        checkEnqueue(*attachedRuntime, *build, 1, 2, 2100, io, rng);
+    }
+    nvinfer1::PluginTensorDesc const rank2[4] = {desc({3}, DataType::kFLOAT), desc({3}, DataType::kFLOAT),
+        desc({3, 8}, DataType::kFLOAT), desc({3, 8}, DataType::kFLOAT)};
+    float dummy = 0.0F;
+    void const* dummyInputs[4] = {&dummy, &dummy, &dummy, &dummy};
+    void* dummyOutputs[1] = {&dummy};
+    check(attachedRuntime->enqueue(rank2, rank2 + 2, dummyInputs, dummyOutputs, nullptr, nullptr) != 0,
+        "enqueue refuses rank-2 tensors");
+
+    setLoggerFinder(nullptr);
+    std::printf("%s\n", gAllPassed ? "ALL PASSED" : "SOME CHECKS FAILED");
+    return gAllPassed ? 0 : 1;
+}
