@@ -38,7 +38,17 @@ step "build" cmake --build "$BUILD" -j "$(nproc)"
 step "kernel self-test" timeout 120 "$BUILD/biwkv_kernel_test"
 step "pytest -m gpu" timeout 300 "$PYTHON" -m pytest -m gpu -q -rs tests/test_biwkv_cuda.py
 
-SANITIZER="$(command -v compute-sanitizer || echo "$(dirname "$NVCC")/compute-sanitizer")"
+# nvcc may be a wrapper script outside the toolkit, so look in the usual toolkit places too.
+find_sanitizer() {
+    command -v compute-sanitizer && return
+    local candidate
+    for candidate in "$(dirname "$(readlink -f "$NVCC")")/compute-sanitizer" "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" \
+        "${CUDA_HOME:-/usr/local/cuda}/compute-sanitizer/compute-sanitizer"; do
+        [ -x "$candidate" ] && echo "$candidate" && return
+    done
+    echo compute-sanitizer
+}
+SANITIZER="$(find_sanitizer)"
 step "memcheck" timeout 180 "$SANITIZER" --tool memcheck --error-exitcode 3 "$BUILD/biwkv_kernel_test" --quick
 step "racecheck" timeout 180 "$SANITIZER" --tool racecheck --error-exitcode 3 "$BUILD/biwkv_kernel_test" --quick
 
