@@ -9,7 +9,7 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 BUILD="${BUILD:-$ROOT/build/gpu_check}"
 LOG_DIR="${OUT:-$BUILD}"
@@ -31,6 +31,15 @@ step() {
     fi
 }
 
+# GPU machines are often offline and start without this package: install it in place, without
+# dependencies or an index (torch, numpy, pytest are expected there already).
+ensure_package() {
+    "$PYTHON" -c "import hpcm.plugins.biwkv, hpcm.models" 2>/dev/null && return
+    "$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e "$ROOT" &&
+        "$PYTHON" -c "import hpcm.plugins.biwkv, hpcm.models"
+}
+
+step "package" ensure_package
 step "gpu" nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 step "configure" cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES=native \
     ${TENSORRT_ROOT:+-DTENSORRT_ROOT="$TENSORRT_ROOT"}
