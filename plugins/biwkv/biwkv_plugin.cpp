@@ -262,9 +262,34 @@ char const* BiwkvPluginCreator::getPluginNamespace() const noexcept
     return kPluginNamespace;
 }
 
+namespace
+{
+
+// The one creator both registration routes hand out.
+BiwkvPluginCreator& creatorInstance()
+{
+    static BiwkvPluginCreator creator;
+    return creator;
+}
+
 #if defined(HPCM_BIWKV_STATIC_REGISTRATION)
-REGISTER_TENSORRT_PLUGIN(BiwkvPluginCreator);
+// Registers at load time under the contract's namespace. REGISTER_TENSORRT_PLUGIN would pass an
+// empty namespace, which for a V3 creator leaves it unclear which of the two names the registry
+// files it under; the ONNX parser looks it up by the contract's.
+struct StaticRegistration
+{
+    StaticRegistration()
+    {
+        if (!getPluginRegistry()->registerCreator(creatorInstance(), kPluginNamespace))
+        {
+            logError("static registration failed: a creator of the same name, version and namespace exists");
+        }
+    }
+};
+StaticRegistration const gStaticRegistration;
 #endif
+
+} // namespace
 
 } // namespace plugin
 } // namespace hpcm
@@ -279,8 +304,7 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators)
 {
-    static hpcm::plugin::BiwkvPluginCreator creator;
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&creator};
+    static nvinfer1::IPluginCreatorInterface* const creators[] = {&hpcm::plugin::creatorInstance()};
     nbCreators = 1;
     return creators;
 }
