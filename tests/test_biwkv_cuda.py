@@ -38,11 +38,14 @@ def make_inputs(B: int, C: int, T: int, dtype: torch.dtype, seed: int, absolute_
 
 
 def check_against_reference(extension, w, u, k, v) -> None:
+    w, u, k, v = (x.cuda() for x in (w, u, k, v))
+    # The float64 scan steps through T one token at a time; on the GPU each step costs the same few
+    # kernel launches whatever B and C are, which keeps the T = 34560, B = 4 rows to seconds.
     expected = biwkv_scan(w, u, k, v)
-    y = extension.forward(w.cuda(), u.cuda(), k.cuda(), v.cuda())
+    y = extension.forward(w, u, k, v)
     assert y.dtype == k.dtype and y.shape == k.shape and y.is_contiguous()
     tol = TOLERANCE[k.dtype]
-    torch.testing.assert_close(y.cpu().double(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(y.double(), expected, rtol=tol, atol=tol)
 
 
 def _cases():
@@ -50,9 +53,6 @@ def _cases():
         for T in (1, 7, 32, 33, 1536, 34560):
             for C in (32, 640):
                 for B in (1, 4):
-                    # The float64 reference loops over T in Python; keep the 4K-sized rows at B=1.
-                    if T == 34560 and B > 1:
-                        continue
                     yield pytest.param(B, C, T, dtype, id=f"B{B}-C{C}-T{T}-{str(dtype).removeprefix('torch.')}")
 
 
