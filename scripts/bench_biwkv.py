@@ -8,6 +8,10 @@ device-to-device copy bandwidth measured in the same process. The vectorised op
 (``biwkv_eager``) synchronises with the host inside every call (its validity check), so it is timed
 call by call and its numbers include that synchronisation.
 
+The ``BTC+`` column is the layout measurement: the RWKV cells hold (B, C, H*W) feature maps, so a
+(B, T, C) kernel would need k and v transposed in and y transposed back. It is three such transposes,
+timed like the kernel; a (B, T, C) kernel would have to beat this (B, C, T) one by that much to pay.
+
     python scripts/bench_biwkv.py --B 1 --C 640 --T 1536 12288 34560 --dtype float32 float16
 """
 
@@ -112,7 +116,7 @@ def main() -> None:
     print("times in us; kernel excludes host launch overhead and host-device copies")
     header = (
         f"{'B':>3} {'C':>5} {'T':>6} {'dtype':>7} | {'median':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'N':>4} | "
-        f"{'floor':>7} {'floor%':>6} {'GB/s':>6} | {'eager':>8} {'speedup':>7}"
+        f"{'floor':>7} {'floor%':>6} {'GB/s':>6} | {'eager':>8} {'speedup':>7} | {'BTC+':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -133,6 +137,11 @@ def main() -> None:
 
             warm_up(kernel, stream, args.warmup, 1.0)
             stats = summary(time_queued(kernel, stream, args.iters))
+            def transpose():
+                return k.transpose(1, 2).contiguous()
+
+            warm_up(transpose, stream, args.warmup, 0.2)
+            transposes_us = 3 * summary(time_queued(transpose, stream, args.iters))["median"]
             warm_up(eager, stream, 3, 0.0)
             eager_stats = summary(time_synchronous(eager, stream, args.eager_iters))
 
@@ -142,7 +151,7 @@ def main() -> None:
                 f"{args.B:>3} {args.C:>5} {T:>6} {dtype_name:>7} | {stats['median']:>8.1f} {stats['p90']:>8.1f} "
                 f"{stats['p99']:>8.1f} {stats['mean']:>8.1f} {stats['n']:>4} | {floor_us:>7.1f} "
                 f"{100 * floor_us / stats['median']:>5.0f}% {traffic / (stats['median'] * 1e-6) / 1e9:>6.0f} | "
-                f"{eager_stats['median']:>8.1f} {eager_stats['median'] / stats['median']:>6.1f}x"
+                f"{eager_stats['median']:>8.1f} {eager_stats['median'] / stats['median']:>6.1f}x | {transposes_us:>7.1f}"
             )
 
 
