@@ -137,6 +137,7 @@ def main() -> None:
 
             warm_up(kernel, stream, args.warmup, 1.0)
             stats = summary(time_queued(kernel, stream, args.iters))
+
             def transpose():
                 return k.transpose(1, 2).contiguous()
 
