@@ -1,135 +1,77 @@
-"""ONNX export of an HPCM model: one graph per deployable piece, plus a manifest.
+"""ONNX export of an HPCM model: one graph per network the codec calls, into an export folder.
 
-Graphs (``GRAPH_KINDS``):
-
-* ``analysis``         x -> y, z
-* ``hyper_synthesis``  z_hat -> params (scales and means of the hyper prior, 2M channels)
-* ``step01``..``step10`` context_next, y_hat -> scales, means, new_context_next, all at the step's scale
-  (step 0 has no network: its parameters are the hyper prior's)
-* ``transition_s1_s2``, ``transition_s2_s3``  context_next, y_hat, scales_hyper, means_hyper ->
-  new_context_next, new_y_hat (``HPCM.transition``)
-* ``synthesis``        y_hat -> x_hat
-* ``forward``          x -> x_hat, y_likelihoods, z_likelihoods (eval mode: rounding, no noise)
+The graphs are those of ``hpcm.models.graphs`` (analysis, hyper synthesis, step01..step10, the two
+context fusions of the scale transitions, synthesis; the whole-model ``forward`` on request). The folder they go into is
+the deployment artifact of ``artifact.py``: graphs, one shared ``weights.bin``, ``codec.npz`` and a
+manifest, written transactionally.
 
 Exporter route: ``torch.onnx.export(..., dynamo=True, dynamic_shapes=...)`` (torch.export,
-non-strict). Batch, height and width are dynamic. In each graph the smallest input's height and
-width are the roots ``height``/``width``; inputs at a larger scale are declared as integer multiples
-of them, so the layout reshapes between scales stay exact.
+non-strict). Batch, height and width are dynamic. In each graph the input of the coarsest stride
+gives the roots ``height``/``width``; finer inputs are declared as integer multiples of them, so
+the layout reshapes between scales stay exact.
 
-Every graph's large initializers go to one shared ``weights.bin`` (``shared_weights.py``).
+The traced model is a copy configured for export; nothing global is patched. The modules choose
+their export form themselves: the Bi-WKV op emits one ``CONTRACT.domain::CONTRACT.op_type`` node
+under ``torch.onnx.export`` (``--wkv custom``) or the cells compute its closed form in standard ops
+(``--wkv decomposed``: ``SpatialMix.wkv_form``); the GGM CDF uses a standard-op incomplete gamma
+under export. The number of WKV calls a graph must hold is read off the traced program.
+
 ``precision="fp16"`` computes in float16 behind float32 inputs and outputs (``ReducedPrecisionGraph``).
-
-WKV routes: ``custom`` emits one ``CONTRACT.domain::CONTRACT.op_type`` node per Bi-WKV call (for the
-TensorRT plugin / a runtime custom op); ``decomposed`` routes the cells to ``biwkv_closed_form``,
-which is built from standard ONNX operators only (Exp, CumSum, ReduceMax, ...), so the graphs run on
-any ONNX runtime while the exponent spread stays inside float32's range.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
-import math
+import logging
+import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
-from hpcm.models.cells import CrossAttentionCell
-from hpcm.models.hpcm import HPCM, STEPS, ProgressiveState
+from hpcm.codec import CodecParameters
+from hpcm.errors import ArtifactError, ExportError
+from hpcm.log import LOG
+from hpcm.models.cells import SpatialMix
+from hpcm.models.entropy import GeneralizedGaussian
+from hpcm.models.graphs import CODEC_GRAPHS, GRAPHS, GraphModule, step_graph_name
+from hpcm.models.hpcm import HPCM
+from hpcm.models.progressive import SCALES, STEPS
 from hpcm.plugins.biwkv.contract import CONTRACT, CONTRACT_PATH
 from hpcm.plugins.biwkv.op import CLOSED_FORM_SPREAD_LIMIT
 
-from .shared_weights import WEIGHTS_NAME, SharedWeights
+from .artifact import (PRECISIONS, WEIGHTS_NAME, WKV_ROUTES, ExportWriter, FileRecord, GraphRecord, Manifest,
+                       Profile, schedule_record)
+from .shared_weights import SharedWeights
 
-WKV_ROUTES = ("custom", "decomposed")
 # Compute dtype of each --precision. Graph inputs and outputs stay float32 either way.
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
-STEP_GRAPHS = tuple(f"step{i:02d}" for i in range(1, len(STEPS)))
-TRANSITION_GRAPHS = ("transition_s1_s2", "transition_s2_s3")
-GRAPH_KINDS = ("analysis", "hyper_synthesis", *STEP_GRAPHS, *TRANSITION_GRAPHS, "synthesis", "forward")
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# How the cells compute the Bi-WKV for each --wkv route.
+WKV_FORM = {"custom": "op", "decomposed": "closed_form"}
 FORBIDDEN_OPS = ("NonZero", "ScatterND", "Compress")
 # Room left for range(k) inside the closed form's float32 exponent budget (see biwkv.md).
 DECAY_MARGIN = 20.0
-MANIFEST_NAME = "manifest.json"
-ENTROPY_TABLES_NAME = "entropy_tables.npz"
+DEFAULT_SIZE = (256, 256)
 
 
-class ExportError(RuntimeError):
-    """An export that cannot be done or whose result failed a check, with the reason."""
+class _TorchvisionNotice(logging.Filter):
+    """torch.onnx logs "torchvision is not installed. Skipping torchvision::<op>" four times per
+    export while building its op registry; the ops are irrelevant here and the lines bury the
+    export's own progress."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_TorchvisionNotice())
 
 
 # --------------------------------------------------------------------------------------------- graphs
-class AnalysisGraph(nn.Module):
-    def __init__(self, model: HPCM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        y = self.model.g_a(x)
-        return y, self.model.h_a(y)
-
-
-class HyperSynthesisGraph(nn.Module):
-    def __init__(self, model: HPCM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, z_hat: torch.Tensor) -> torch.Tensor:
-        return self.model.h_s(z_hat)
-
-
-class StepGraph(nn.Module):
-    def __init__(self, model: HPCM, step: int) -> None:
-        super().__init__()
-        if not 1 <= step < len(STEPS):
-            raise ValueError(f"step graphs exist for steps 1..{len(STEPS) - 1}; got {step}")
-        self.model = model
-        self.step = step
-
-    def forward(self, context_next: torch.Tensor, y_hat: torch.Tensor):
-        return self.model.step_context(self.step, context_next, y_hat)
-
-
-class TransitionGraph(nn.Module):
-    """``HPCM.transition`` from ``scale`` to ``scale + 1`` as a pure function."""
-
-    def __init__(self, model: HPCM, scale: int) -> None:
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, context_next, y_hat, scales_hyper, means_hyper):
-        state = ProgressiveState(scales_hyper, means_hyper, self.scale, context_next, y_hat)
-        self.model.transition(self.scale, state)
-        return state.context_next, state.y_hat
-
-
-class SynthesisGraph(nn.Module):
-    def __init__(self, model: HPCM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
-        return self.model.g_s(y_hat)
-
-
-class ForwardGraph(nn.Module):
-    def __init__(self, model: HPCM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor):
-        out = self.model(x, training=False)
-        return out["x_hat"], out["likelihoods"]["y"], out["likelihoods"]["z"]
-
-
 class ReducedPrecisionGraph(nn.Module):
     """``inner`` computed in ``dtype`` behind float32 inputs and outputs.
 
@@ -142,31 +84,30 @@ class ReducedPrecisionGraph(nn.Module):
         self.inner = inner
         self.dtype = dtype
 
-    def forward(self, *inputs: torch.Tensor):
-        outputs = self.inner(*(t.to(self.dtype) for t in inputs))
-        if isinstance(outputs, torch.Tensor):
-            return outputs.float()
-        return tuple(o.float() for o in outputs)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(o.float() for o in self.inner(*(t.to(self.dtype) for t in inputs)))
 
 
-def reduced_precision_copy(model: HPCM, dtype: torch.dtype) -> HPCM:
-    """A copy of ``model`` with weights in ``dtype``, except what must stay float32.
+def traced_copy(model: HPCM, wkv: str, dtype: torch.dtype = torch.float32) -> HPCM:
+    """The copy of ``model`` that is traced: its cells set to ``wkv``'s form, weights in ``dtype``.
 
-    Kept float32: the RWKV decay/boost (the WKV contract takes w and u as float32; ``boost / T``
-    would lose most of its digits in float16) and the GGM entropy model, whose 1e-9 likelihood
-    bound is below float16's smallest subnormal; its likelihood is computed in float32.
+    For float16, kept float32: the RWKV decay/boost (the WKV contract takes w and u as float32;
+    ``boost / T`` would lose most of its digits in float16) and the GGM entropy model, whose 1e-9
+    likelihood bound is below float16's smallest subnormal.
     """
-    from hpcm.models.entropy import GeneralizedGaussian
-
-    reduced = copy.deepcopy(model).to(dtype)
-    for module in reduced.modules():
+    traced = copy.deepcopy(model).eval()
+    if dtype != torch.float32:
+        traced = traced.to(dtype)
+    for module in traced.modules():
+        if isinstance(module, SpatialMix):
+            module.wkv_form = WKV_FORM[wkv]
         if isinstance(module, GeneralizedGaussian):
             module.float()
         for name in ("decay", "boost"):
             parameter = getattr(module, name, None)
             if isinstance(parameter, nn.Parameter) and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
-    return reduced
+    return traced
 
 
 @dataclass
@@ -174,192 +115,52 @@ class GraphSpec:
     name: str
     module: nn.Module
     inputs: dict[str, torch.Tensor]  # name -> sample
-    input_units: dict[str, int]  # name -> spatial side per tile (height = unit * th)
     outputs: tuple[str, ...]
-    meta: dict = field(default_factory=dict)
 
 
-def _y_unit(model: HPCM) -> int:
-    """Side of y per alignment tile (the image side per tile is 16 times this)."""
-    return model.alignment // 16
-
-
-def _sample(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=generator)
+def _sample(name: str, shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    if name == "x":
+        return torch.rand(tuple(shape), generator=generator)
+    value = torch.randn(tuple(shape), generator=generator)
+    if name in ("z_hat", "y_hat"):
+        return torch.round(value)
+    return value.abs() if name.startswith("scales") else value
 
 
 def graph_specs(model: HPCM, size: tuple[int, int], batch: int = 1,
                 names: Optional[Iterable[str]] = None, seed: int = 0) -> list[GraphSpec]:
     """The graphs to export with sample inputs at image size ``size`` (multiples of the alignment)."""
     model.check_image_size(*size)
-    names = GRAPH_KINDS if names is None else tuple(names)
-    unknown = [n for n in names if n not in GRAPH_KINDS]
+    names = CODEC_GRAPHS if names is None else tuple(names)
+    unknown = [n for n in names if n not in GRAPHS]
     if unknown:
-        raise ValueError(f"unknown graph(s) {unknown}; known: {', '.join(GRAPH_KINDS)}")
+        raise ExportError(f"unknown graph(s) {unknown}; known: {', '.join(GRAPHS)}")
     g = torch.Generator().manual_seed(seed)
-    M, N = model.M, model.N
-    u = _y_unit(model)
     H, W = size
-    yh, yw = H // 16, W // 16
-    scale_side = {0: u // 4, 1: u // 2, 2: u}  # side per tile at s1, s2, s3
-    specs: list[GraphSpec] = []
+    specs = []
     for name in names:
-        if name == "analysis":
-            specs.append(GraphSpec(name, AnalysisGraph(model), {"x": torch.rand(batch, 3, H, W, generator=g)},
-                                   {"x": 16 * u}, ("y", "z")))
-        elif name == "hyper_synthesis":
-            specs.append(GraphSpec(name, HyperSynthesisGraph(model),
-                                   {"z_hat": torch.round(_sample((batch, N, yh // 4, yw // 4), g))},
-                                   {"z_hat": u // 4}, ("params",)))
-        elif name in STEP_GRAPHS:
-            step = int(name[4:])
-            s = STEPS[step].scale
-            f = 2 ** (2 - s)
-            specs.append(GraphSpec(
-                name, StepGraph(model, step),
-                {"context_next": _sample((batch, 2 * M, yh // f, yw // f), g),
-                 "y_hat": torch.round(_sample((batch, M, yh // f, yw // f), g))},
-                {"context_next": scale_side[s], "y_hat": scale_side[s]},
-                ("scales", "means", "new_context_next"),
-                {"step": step, "scale": ("s1", "s2", "s3")[s]},
-            ))
-        elif name in TRANSITION_GRAPHS:
-            s = TRANSITION_GRAPHS.index(name)
-            f = 2 ** (2 - s)
-            specs.append(GraphSpec(
-                name, TransitionGraph(model, s),
-                {"context_next": _sample((batch, 2 * M, yh // f, yw // f), g),
-                 "y_hat": torch.round(_sample((batch, M, yh // f, yw // f), g)),
-                 "scales_hyper": _sample((batch, M, yh, yw), g).abs(),
-                 "means_hyper": _sample((batch, M, yh, yw), g)},
-                {"context_next": scale_side[s], "y_hat": scale_side[s], "scales_hyper": u, "means_hyper": u},
-                ("new_context_next", "new_y_hat"),
-                {"from_scale": ("s1", "s2")[s], "to_scale": ("s2", "s3")[s]},
-            ))
-        elif name == "synthesis":
-            specs.append(GraphSpec(name, SynthesisGraph(model), {"y_hat": torch.round(_sample((batch, M, yh, yw), g))},
-                                   {"y_hat": u}, ("x_hat",)))
-        elif name == "forward":
-            specs.append(GraphSpec(name, ForwardGraph(model), {"x": torch.rand(batch, 3, H, W, generator=g)},
-                                   {"x": 16 * u}, ("x_hat", "y_likelihoods", "z_likelihoods")))
+        graph = GRAPHS[name]
+        inputs = {t.name: _sample(t.name, (batch, t.channel_count(model.M, model.N), H // t.stride, W // t.stride), g)
+                  for t in graph.inputs}
+        specs.append(GraphSpec(name, GraphModule(model, name), inputs, graph.output_names))
     return specs
 
 
-def _dynamic_shapes(spec: GraphSpec, max_tiles: int):
-    """Dynamic batch; height/width = unit * th / unit * tw with roots shared by every input."""
+def _dynamic_shapes(spec: GraphSpec, max_side: int) -> dict:
+    """Dynamic batch; height/width: the coarsest input's sides are the roots, the others multiples."""
+    strides = {t.name: t.stride for t in GRAPHS[spec.name].inputs}
+    coarsest = max(strides.values())
     batch = torch.export.Dim("batch", min=1, max=256)
-    base = min(spec.input_units.values())
-    th = torch.export.Dim("height", min=1, max=max_tiles * base)
-    tw = torch.export.Dim("width", min=1, max=max_tiles * base)
+    th = torch.export.Dim("height", min=1, max=max_side // coarsest)
+    tw = torch.export.Dim("width", min=1, max=max_side // coarsest)
 
-    base = min(spec.input_units.values())
+    def side(stride: int, root):  # noqa: ANN001, ANN202 - torch.export dims
+        return root if stride == coarsest else (coarsest // stride) * root
 
-    def side(unit: int, root):
-        return root if unit == base else (unit // base) * root
-
-    return {n: {0: batch, 2: side(spec.input_units[n], th), 3: side(spec.input_units[n], tw)} for n in spec.inputs}
+    return {n: {0: batch, 2: side(s, th), 3: side(s, tw)} for n, s in strides.items()}
 
 
-# --------------------------------------------------------------------------------------------- routes
-@contextlib.contextmanager
-def wkv_route(route: str):
-    """Route the RWKV cells' Bi-WKV: ``custom`` (one contract node) or ``decomposed`` (closed form)."""
-    if route not in WKV_ROUTES:
-        raise ValueError(f"unknown WKV route {route!r}; use one of {', '.join(WKV_ROUTES)}")
-    if route == "custom":
-        yield
-        return
-    import hpcm.models.cells as cells
-    from hpcm.plugins.biwkv.op import biwkv_closed_form
-
-    original = cells.biwkv
-    cells.biwkv = lambda w, u, k, v: biwkv_closed_form(w.to(k.dtype), u.to(k.dtype), k, v)
-    try:
-        yield
-    finally:
-        cells.biwkv = original
-
-
-def _gammainc_standard_ops(a: float, x: torch.Tensor, iterations: int = 48) -> torch.Tensor:
-    """Regularised lower incomplete gamma P(a, x) for a constant a > 0, from elementwise ops only.
-
-    Series for x < a + 1, Lentz continued fraction for Q above (Numerical Recipes 6.2), with a
-    fixed number of terms so the graph is static. float32-accurate for the GGM's a = 1/beta.
-    """
-    x = x.clamp_min(0.0)
-    log_prefactor_const = -math.lgamma(a)
-    safe_x = torch.where(x > 0, x, torch.ones_like(x))
-    # series: P = e^{-x} x^a / Gamma(a+1) * sum_n x^n / ((a+1)...(a+n))
-    xs = torch.minimum(safe_x, torch.full_like(x, a + 1.0))
-    term = torch.full_like(x, 1.0 / a)
-    total = term
-    for n in range(1, iterations):
-        term = term * xs / (a + n)
-        total = total + term
-    log_pre_s = a * torch.log(xs) - xs + log_prefactor_const
-    p_series = torch.exp(log_pre_s) * total
-    # continued fraction for Q(a, x), x >= a + 1
-    xc = torch.maximum(safe_x, torch.full_like(x, a + 1.0))
-    tiny = 1e-30
-    b = xc + 1.0 - a
-    c = torch.full_like(x, 1.0 / tiny)
-    d = 1.0 / b
-    h = d
-    for i in range(1, iterations):
-        an = -i * (i - a)
-        b = b + 2.0
-        d = an * d + b
-        d = torch.where(d.abs() < tiny, torch.full_like(d, tiny), d)
-        c = b + an / c
-        c = torch.where(c.abs() < tiny, torch.full_like(c, tiny), c)
-        d = 1.0 / d
-        h = h * d * c
-    log_pre_c = a * torch.log(xc) - xc + log_prefactor_const
-    p_cf = 1.0 - torch.exp(log_pre_c) * h
-    p = torch.where(safe_x < a + 1.0, p_series, p_cf)
-    return torch.where(x > 0, p, torch.zeros_like(x))
-
-
-def _ggm_cdf_standard_ops(x: torch.Tensor, beta: float) -> torch.Tensor:
-    magnitude = x.abs().pow(beta)
-    return 0.5 * (1 + torch.sign(x) * _gammainc_standard_ops(1.0 / beta, magnitude))
-
-
-@contextlib.contextmanager
-def export_friendly_entropy(model: Optional[nn.Module] = None):
-    """Make the GGM likelihood exportable, without changing its value.
-
-    ``torch.special.gammainc`` has no ONNX lowering: it is swapped for a standard-op series /
-    continued fraction. ``GeneralizedGaussian.forward`` reads beta with ``float(buffer)``, a
-    data-dependent guard under torch.export: beta is read once here and used as a constant.
-    """
-    import hpcm.models.entropy as entropy
-
-    original_cdf = entropy.ggm_cdf
-    original_forward = entropy.GeneralizedGaussian.forward
-    betas = {}
-    if model is not None:
-        betas = {id(m): float(m.beta) for m in model.modules() if isinstance(m, entropy.GeneralizedGaussian)}
-
-    def forward(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        beta = betas.get(id(self))
-        if beta is None:
-            beta = self.beta_value
-        # float32 whatever the graph's precision: the series and the likelihood bound need it.
-        values, scales = values.float(), self.scale_lower_bound(scales.float())
-        likelihood = (_ggm_cdf_standard_ops((values + 0.5) / scales, beta)
-                      - _ggm_cdf_standard_ops((values - 0.5) / scales, beta))
-        return self.likelihood_lower_bound(likelihood)
-
-    entropy.ggm_cdf = _ggm_cdf_standard_ops
-    entropy.GeneralizedGaussian.forward = forward
-    try:
-        yield
-    finally:
-        entropy.ggm_cdf = original_cdf
-        entropy.GeneralizedGaussian.forward = original_forward
-
-
+# --------------------------------------------------------------------------------------------- checks
 def max_abs_decay(model: HPCM) -> float:
     values = [m.decay.detach().abs().max().item() for m in model.modules() if hasattr(m, "decay")
               and isinstance(getattr(m, "decay"), torch.Tensor)]
@@ -382,28 +183,22 @@ def check_decomposed_range(model: HPCM, margin: float = DECAY_MARGIN) -> float:
     return decay
 
 
-def count_wkv_calls(spec: GraphSpec) -> int:
-    """Bi-WKV calls of one eager run of the graph's module (each becomes one custom node)."""
-    import hpcm.models.cells as cells
+def traced_wkv_calls(program) -> int:  # noqa: ANN001 - a torch.onnx ONNXProgram
+    """Bi-WKV calls in the traced program that reach an output: each must become one custom node.
 
-    original = cells.biwkv
-    calls = 0
-
-    def counting(*args):
-        nonlocal calls
-        calls += 1
-        return original(*args)
-
-    cells.biwkv = counting
-    try:
-        with torch.no_grad():
-            spec.module(*spec.inputs.values())
-    finally:
-        cells.biwkv = original
-    return calls
+    Under export the op is recorded as torch.onnx's symbolic op carrying the contract's domain and
+    op_type (``hpcm.plugins.biwkv.op.biwkv``); dead calls are dropped first, as the ONNX graph drops them.
+    """
+    exported = program.exported_program
+    if exported is None:
+        raise ExportError("torch.onnx.export kept no exported program to count the WKV calls of")
+    module = copy.deepcopy(exported.graph_module)
+    module.graph.eliminate_dead_code()
+    return sum(1 for node in module.graph.nodes
+               if node.op == "call_function" and str(node.target).startswith("onnx_symbolic._symbolic")
+               and node.args[1:2] == (CONTRACT.op_type,) and node.kwargs.get("domain") == CONTRACT.domain)
 
 
-# --------------------------------------------------------------------------------------------- checks
 def _dims(value_info) -> list:
     return [d.dim_param if d.dim_param else d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
@@ -465,15 +260,6 @@ def check_graph(path: Path, route: str, expected_wkv: Optional[int] = None) -> d
     }
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (graphs are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def reduced_precision_error(reference: GraphSpec, reduced: GraphSpec) -> dict:
     """Per output, max abs and relative (to the float32 output's max magnitude) error of the reduced
     precision eager module against the float32 one on the sample inputs.
@@ -481,11 +267,9 @@ def reduced_precision_error(reference: GraphSpec, reduced: GraphSpec) -> dict:
     Raises ExportError when an output is not finite: float16 overflowed (its largest value is 65504)
     somewhere in the network, and the graph would be wrong on real inputs too.
     """
-    with torch.no_grad(), export_friendly_entropy(reference.module.model):
+    with torch.no_grad():
         expected = reference.module(*reference.inputs.values())
         actual = reduced.module(*reduced.inputs.values())
-    if isinstance(expected, torch.Tensor):
-        expected, actual = (expected,), (actual,)
     errors = {}
     for name, e, a in zip(reference.outputs, expected, actual):
         if not torch.isfinite(a).all():
@@ -498,13 +282,14 @@ def reduced_precision_error(reference: GraphSpec, reduced: GraphSpec) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- export
-def export_graph(spec: GraphSpec, path: Path, opset: int = 18, max_tiles: int = 64, optimize: bool = True) -> None:
+def export_graph(spec: GraphSpec, path: Path, opset: int = 18, max_side: int = 8192, optimize: bool = False):
+    """Trace ``spec`` to ``path``; returns the ONNX program (its exported program is kept)."""
     spec.module.eval()
     # A root of 1 (one alignment tile, e.g. a 128x128 sample) would otherwise be specialised.
     oblivious = torch.fx.experimental._config.patch(backed_size_oblivious=True)
-    shapes = _dynamic_shapes(spec, max_tiles)
-    if isinstance(spec.module, ReducedPrecisionGraph):
-        shapes = {"inputs": tuple(shapes.values())}  # its forward takes *inputs
+    shapes = _dynamic_shapes(spec, max_side)
+    if isinstance(spec.module, (GraphModule, ReducedPrecisionGraph)):
+        shapes = {"inputs": tuple(shapes.values())}  # their forward takes *inputs
     with torch.no_grad(), warnings.catch_warnings(), oblivious:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -522,18 +307,77 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = 18, max_tiles: int = 
     if program is None:
         raise ExportError(f"{spec.name}: torch.onnx.export returned no program")
     program.save(str(path), external_data=False)
+    return program
 
 
-def _normalise_size(sizes) -> tuple[int, int]:
-    if sizes is None:
-        return (256, 256)
-    if isinstance(sizes, int):
-        return (sizes, sizes)
-    sizes = tuple(sizes)
-    if len(sizes) == 2 and all(isinstance(s, int) for s in sizes):
-        return sizes  # type: ignore[return-value]
-    first = tuple(sizes[0])
-    return (int(first[0]), int(first[1]))
+def _step_template_key(name: str) -> Optional[int]:
+    """Step graphs of one scale share their structure: the scale is the key, None for other graphs."""
+    for step, s in enumerate(STEPS):
+        if s.has_network and step_graph_name(step) == name:
+            return s.scale
+    return None
+
+
+class StepTemplate:
+    """A traced step graph standing in for the other steps of its scale.
+
+    The steps of one scale run the same networks (the scale's prior and context cell) and differ only
+    in which adaptor and adaptive parameter they use, so tracing them again would give the same graph
+    with other initializers. A clone renames those initializers (their names are the parameters'
+    module paths) and takes every parameter's value from the traced model: the graph tracing would
+    give, in a fraction of a second instead of about ten.
+    """
+
+    _PARAMETER = re.compile(r"^(?P<prefix>(?:\w+\.)*?model\.)(?P<path>.+)$")
+
+    def __init__(self, name: str, path: Path, wkv_calls: Optional[int]) -> None:
+        import onnx
+
+        self.step = int(name[len("step"):])
+        self.model = onnx.load(str(path))  # weights still inline: read before they move to weights.bin
+        self.wkv_calls = wkv_calls
+
+    def _renamed(self, path: str, step: int) -> str:
+        source, target = STEPS[self.step], STEPS[step]
+        adaptors = f"y_spatial_prior_adaptor_list_{SCALES[source.scale]}"
+        for prefix, old, new in ((adaptors, source.adaptor, target.adaptor),
+                                 ("adaptive_params_list", source.adaptive_param, target.adaptive_param)):
+            if path == f"{prefix}.{old}" or path.startswith(f"{prefix}.{old}."):
+                return f"{prefix}.{new}" + path[len(f"{prefix}.{old}"):]
+        return path
+
+    def clone(self, name: str, traced: nn.Module, path: Path) -> Optional[int]:
+        """Write the graph of step ``name`` of ``traced`` to ``path``; returns the template's WKV count."""
+        import onnx
+        from onnx import numpy_helper
+
+        step = int(name[len("step"):])
+        state = traced.state_dict()
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        renames = {}
+        for tensor in model.graph.initializer:
+            match = self._PARAMETER.match(tensor.name)
+            if match is None or match["path"] not in state:
+                continue  # a constant of the trace: the same for every step of the scale
+            new_path = self._renamed(match["path"], step)
+            value = state[new_path].detach().cpu().numpy()
+            if tuple(value.shape) != tuple(tensor.dims) or value.dtype != numpy_helper.to_array(tensor).dtype:
+                raise ExportError(f"{name}: parameter {new_path} does not fit the {step_graph_name(self.step)} graph")
+            renames[tensor.name] = match["prefix"] + new_path
+            tensor.CopyFrom(numpy_helper.from_array(value, renames[tensor.name]))
+        for node in model.graph.node:
+            node.input[:] = [renames.get(i, i) for i in node.input]
+        onnx.save(model, str(path))
+        return self.wkv_calls
+
+
+def _progress(index: int, total: int, elapsed: list[float]) -> str:
+    """``i/n`` and, from the graphs done so far, about how long the rest will take."""
+    left = total - index
+    if not left:
+        return f"{index}/{total}"
+    return f"{index}/{total}, about {sum(elapsed) / len(elapsed) * left:.0f} s left"
 
 
 def export_model(
@@ -541,165 +385,113 @@ def export_model(
     out_dir,
     wkv: str = "custom",
     opset: int = 18,
-    sizes=(256, 256),
+    size: tuple[int, int] = DEFAULT_SIZE,
     graphs: Optional[Iterable[str]] = None,
     precision: str = "fp32",
     batch: int = 1,
-    log: Callable[[str], None] = print,
-    checkpoint: Optional[str] = None,
-    trained: Optional[bool] = None,
+    trained: bool = False,
     seed: Optional[int] = None,
+    source: Optional[str] = None,
     min_size: Optional[tuple[int, int]] = None,
     max_size: Optional[tuple[int, int]] = None,
-    optimize: bool = True,
+    optimize: bool = False,
 ) -> Path:
-    """Export ``model``'s graphs to ``out_dir`` and write the manifest; returns the manifest's path.
+    """Export ``model``'s graphs into the export folder ``out_dir``; returns the manifest's path.
 
-    ``sizes``: image size (H, W) of the sample inputs (the optimisation size; multiples of
+    ``size``: image size (H, W) of the sample inputs (the optimisation size; multiples of
     ``model.alignment``); every graph still takes dynamic batch, height and width.
-    ``graphs``: a subset of ``GRAPH_KINDS`` (default all). ``optimize``: run the onnxscript optimizer
-    (constant folding, rewrites); it is about half of the export time of the layout-heavy graphs.
+    ``graphs``: names from ``hpcm.models.graphs.GRAPHS`` (default: the codec's, without the
+    whole-model forward). ``optimize``: run the onnxscript optimizer (constant folding, rewrites);
+    it triples the export time and ONNX Runtime and TensorRT optimise the graphs themselves.
+    ``trained``/``seed``/``source``: where the weights came from, recorded in the manifest.
     """
     import onnx
-
-    from hpcm.runtime.codec import weights_digest
 
     if wkv not in WKV_ROUTES:
         raise ExportError(f"unknown --wkv {wkv!r}; use one of {', '.join(WKV_ROUTES)}")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    size = _normalise_size(sizes)
+    names = tuple(CODEC_GRAPHS if graphs is None else graphs)
+    size = (int(size[0]), int(size[1]))
     try:
         model.check_image_size(*size)
-    except ValueError as exc:
+        profile = Profile(tuple(min_size or size), size, tuple(max_size or size)).validate(model.alignment)
+    except (ArtifactError, ValueError) as exc:
         raise ExportError(str(exc)) from exc
-    if (graphs is None or "forward" in graphs) and min(size) < 2 * model.alignment:
+    if "forward" in names and min(size) < 2 * model.alignment:
         # With one alignment tile per side torch.export specialises the image size inside the
         # progressive loop (found after minutes of tracing): refuse up front.
         raise ExportError(
             f"the forward graph needs a sample size of at least {2 * model.alignment}x{2 * model.alignment} "
             f"(two alignment tiles per side) to keep height/width dynamic; got {size[0]}x{size[1]}"
         )
-    profile = {"min": list(min_size or size), "opt": list(size), "max": list(max_size or size)}
-    for label, (h, w) in profile.items():
-        if h <= 0 or w <= 0 or h % model.alignment or w % model.alignment:
-            raise ExportError(f"{label} size {h}x{w} must be positive multiples of {model.alignment}")
-    if not all(a <= b <= c for a, b, c in zip(profile["min"], profile["opt"], profile["max"])):
-        raise ExportError("sizes must satisfy --min-size <= --opt-size <= --max-size in both dimensions")
-    decay = max_abs_decay(model)
-    if wkv == "decomposed":
-        decay = check_decomposed_range(model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    decay = check_decomposed_range(model) if wkv == "decomposed" else max_abs_decay(model)
+    parameters = CodecParameters.from_model(model)  # refuses a model without entropy tables
     model = model.eval()
-    specs = graph_specs(model, size, batch=batch, names=graphs)
-    dtype = PRECISIONS[precision]
-    traced = model  # the model whose graphs are traced
+    dtype = COMPUTE_DTYPES[precision]
+    traced = traced_copy(model, wkv, dtype)
+    specs = graph_specs(traced, size, batch=batch, names=names)
+    reference_specs = graph_specs(traced_copy(model, wkv), size, batch=batch, names=names) \
+        if dtype != torch.float32 else None
     if dtype != torch.float32:
-        reference_specs = specs
-        traced = reduced_precision_copy(model, dtype).eval()
-        specs = graph_specs(traced, size, batch=batch, names=graphs)
         for spec in specs:
             spec.module = ReducedPrecisionGraph(spec.module, dtype)
-    entries = {}
-    total_start = time.perf_counter()
-    shared = SharedWeights(out_dir)
-    for index, spec in enumerate(specs, 1):
-        path = out_dir / f"{spec.name}.onnx"
-        start = time.perf_counter()
-        if spec.name == "forward":
-            log(f"[{index}/{len(specs)}] forward: tracing the whole model, about 7 minutes on 2 CPU cores ...")
-        expected = count_wkv_calls(spec) if wkv == "custom" else None
-        if expected is not None and spec.name == "forward" and not isinstance(model.attn_s3, CrossAttentionCell):
-            # The last step's new context feeds nothing, so the exporter drops its cell's WKV call.
-            expected -= 1
-        with wkv_route(wkv), export_friendly_entropy(traced):
-            try:
-                export_graph(spec, path, opset=opset, max_tiles=max(2, 8192 // model.alignment), optimize=optimize)
-            except ExportError:
-                raise
-            except Exception as exc:
-                raise ExportError(f"{spec.name}: torch.onnx.export failed: {_exception_summary(exc)}") from exc
-        export_s = time.perf_counter() - start
-        external = shared.externalize(path)
-        summary = check_graph(path, wkv, expected)
-        if dtype != torch.float32:
-            summary["error_vs_float32"] = reduced_precision_error(reference_specs[index - 1], spec)
-        elapsed = time.perf_counter() - start
-        entries[spec.name] = {
-            "file": path.name,
-            "sha256": file_sha256(path),
-            "bytes": path.stat().st_size,
-            **external,
-            **summary,
-            "sample_input_shapes": {n: list(t.shape) for n, t in spec.inputs.items()},
-            "spatial_unit": spec.input_units,
-            "export_seconds": round(export_s, 2),
-            **spec.meta,
-        }
-        reduced_note = ""
-        if "error_vs_float32" in summary:
-            worst = max(e["relative"] for e in summary["error_vs_float32"].values())
-            reduced_note = f", {precision} vs float32 eager: max relative error {worst:.1e}"
-        log(f"[{index}/{len(specs)}] {spec.name}: {summary['nodes']} nodes, {summary['wkv_nodes']} "
-            f"{CONTRACT.op_type}, {(path.stat().st_size + external['external_bytes']) / 1e6:.1f} MB, "
-            f"{elapsed:.1f} s{reduced_note}")
-    log(f"{WEIGHTS_NAME}: {shared.size / 1e6:.1f} MB holds the {shared.graph_bytes / 1e6:.1f} MB of weights "
-        f"the graphs reference")
 
-    if model.has_entropy_tables:
-        import numpy as np
-        from hpcm.models.hpcm import ENTROPY_TABLE_BUFFERS
-
-        tables_path = out_dir / ENTROPY_TABLES_NAME
-        np.savez(tables_path, **{n: getattr(model, n).detach().cpu().numpy() for n in ENTROPY_TABLE_BUFFERS})
-        tables = {"file": tables_path.name, "sha256": file_sha256(tables_path)}
-    else:
-        tables = {"stored": "in the checkpoint" if checkpoint else "not computed (run model.update() first)",
-                  "checkpoint": checkpoint}
-
-    manifest = {
-        "format": "hpcm-rwkv-onnx-export",
-        "format_version": 1,
-        "variant": model.spec.to_dict(),
-        "alignment": model.alignment,
-        "checkpoint": checkpoint,
-        "trained_weights": trained,
-        "seed": seed,
-        "weights_digest": weights_digest(model).hex(),
-        "wkv": wkv,
-        "wkv_contract": json.loads(CONTRACT_PATH.read_text()),
-        "max_abs_decay": decay,
-        "precision": precision,
-        # Every graph takes and returns float32; --precision sets the compute dtype inside.
-        "io_dtype": "float32",
-        "opset": opset,
-        "exporter": "torch.onnx.export(dynamo=True, dynamic_shapes=...)",
-        "onnxscript_optimized": optimize,
-        "sample_size": list(size),
-        # Image sizes (pixels) deployment engines should accept; the graphs themselves are dynamic.
-        "profile": profile,
-        "dynamic_dims": {
-            "batch": "batch",
-            "spatial": "per graph, the smallest input's height/width are the roots 'height'/'width'; larger "
-                       "inputs and outputs are integer multiples of them (see each graph's inputs/outputs)",
-            "valid_sizes": f"image sides must be multiples of {model.alignment}; a graph's inputs must have "
-                           "the sides the model gives them at that scale (spatial_unit per alignment tile)",
-        },
-        "steps": [{"step": i, "scale": ("s1", "s2", "s3")[s.scale], "part": s.part,
-                   "graph": None if s.adaptor is None else f"step{i:02d}", "last_of_scale": s.last_of_scale}
-                  for i, s in enumerate(STEPS)],
-        "graphs": entries,
-        # Initializers of every graph, each distinct tensor once (ONNX external data).
-        "weights_file": {"file": WEIGHTS_NAME, "sha256": file_sha256(shared.path), "bytes": shared.size,
-                         "referenced_bytes": shared.graph_bytes},
-        "entropy_tables": tables,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, **_optional_versions()},
-        "total_export_seconds": round(time.perf_counter() - total_start, 2),
-    }
-    manifest_path = out_dir / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    log(f"wrote {len(entries)} graphs and {manifest_path}")
+    start_all = time.perf_counter()
+    records: dict[str, GraphRecord] = {}
+    templates: dict[int, StepTemplate] = {}
+    elapsed: list[float] = []
+    with ExportWriter(out_dir) as writer:
+        shared = SharedWeights(writer.path(WEIGHTS_NAME))
+        LOG.info(f"exporting {len(specs)} graphs of {model.spec.name} ({precision}, wkv {wkv}) at {size[0]}x{size[1]} "
+            f"into {writer.target}")
+        for index, spec in enumerate(specs, 1):
+            path = writer.path(f"{spec.name}.onnx")
+            start = time.perf_counter()
+            template = templates.get(_step_template_key(spec.name))
+            if template is not None:
+                expected = template.clone(spec.name, traced, path)
+            else:
+                if spec.name == "forward":
+                    LOG.info("  forward: tracing the whole model takes several minutes ...")
+                try:
+                    program = export_graph(spec, path, opset=opset, optimize=optimize)
+                except ExportError:
+                    raise
+                except Exception as exc:  # the exporter raises many types; keep its cause line
+                    raise ExportError(f"{spec.name}: torch.onnx.export failed: {_exception_summary(exc)}") from exc
+                expected = traced_wkv_calls(program) if wkv == "custom" else None
+                if _step_template_key(spec.name) is not None:
+                    templates[_step_template_key(spec.name)] = StepTemplate(spec.name, path, expected)
+            weights_sha256 = shared.externalize(path)
+            summary = check_graph(path, wkv, expected)
+            error = reduced_precision_error(reference_specs[index - 1], spec) if reference_specs else None
+            seconds = time.perf_counter() - start
+            elapsed.append(seconds)
+            records[spec.name] = GraphRecord(
+                file=FileRecord.of(path), weights_sha256=weights_sha256, inputs=summary["inputs"],
+                outputs=summary["outputs"], input_channels={n: int(t.shape[1]) for n, t in spec.inputs.items()},
+                nodes=summary["nodes"], wkv_nodes=summary["wkv_nodes"], export_seconds=round(seconds, 2),
+                error_vs_float32=error)
+            note = ""
+            if error:
+                note = f", {precision} vs float32 eager: max relative error " \
+                       f"{max(e['relative'] for e in error.values()):.1e}"
+            LOG.info(f"  [{_progress(index, len(specs), elapsed)}] {spec.name}: {summary['nodes']} nodes, "
+                f"{summary['wkv_nodes']} {CONTRACT.op_type}, {seconds:.1f} s{note}")
+        LOG.info(f"  {WEIGHTS_NAME}: {shared.size / 1e6:.1f} MB holds the {shared.graph_bytes / 1e6:.1f} MB of weights "
+            f"the graphs reference")
+        manifest = Manifest(
+            variant=model.spec, alignment=model.alignment, weights_digest=parameters.weights_digest.hex(),
+            wkv=wkv, precision=precision, opset=opset, sample_size=size, profile=profile, graphs=records,
+            weights_file=FileRecord.of(shared.path), codec_file=writer.write_codec_parameters(parameters),
+            trained_weights=trained, seed=seed, source=source, schedule=schedule_record(),
+            wkv_contract=json.loads(CONTRACT_PATH.read_text()), max_abs_decay=decay, onnxscript_optimized=optimize,
+            versions={"torch": torch.__version__, "onnx": onnx.__version__, **_optional_versions()},
+            total_export_seconds=round(time.perf_counter() - start_all, 2),
+        )
+        manifest_path = writer.commit(manifest)
+    LOG.info(f"wrote {len(records)} graphs and {manifest_path} in {time.perf_counter() - start_all:.0f} s")
     return manifest_path
 
 

@@ -14,7 +14,6 @@ import hashlib
 import os
 from pathlib import Path
 
-WEIGHTS_NAME = "weights.bin"
 # Tensors below this stay inside their graph: the bookkeeping would outweigh them.
 MIN_EXTERNAL_BYTES = 1024
 # Offsets are page aligned so runtimes may memory-map tensors in place.
@@ -22,27 +21,27 @@ ALIGNMENT = 4096
 
 
 class SharedWeights:
-    """Writes ``weights.bin`` in ``folder`` (starting it empty) and points graphs' initializers into it."""
+    """Writes the weights file ``path`` (starting it empty) and points graphs' initializers into it;
+    graphs must be in the same folder (external data is addressed relative to the graph file)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / WEIGHTS_NAME
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self.path.write_bytes(b"")
         self.size = 0
         self.graph_bytes = 0  # what the graphs would hold without sharing
         self._offsets: dict[str, tuple[int, int]] = {}
 
-    def externalize(self, graph_path: Path) -> dict:
+    def externalize(self, graph_path: Path) -> str:
         """Move ``graph_path``'s large initializers into the shared file; rewrite the graph in place.
 
-        Returns the graph's manifest fields: how many tensors and bytes moved out, and
-        ``weights_sha256``, a digest of exactly the bytes the graph references (so two graphs with
-        equal structure but different weights never share an engine-cache key).
+        Returns a digest of exactly the weights the graph references (so two graphs with equal
+        structure but different weights never share an engine-cache key).
         """
         import onnx
 
         model = onnx.load(str(graph_path), load_external_data=False)
         digest = hashlib.sha256()
-        moved = moved_bytes = 0
+        moved_bytes = 0
         with open(self.path, "ab") as store:
             for tensor in model.graph.initializer:
                 if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
@@ -59,13 +58,12 @@ class SharedWeights:
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
                 del tensor.external_data[:]
-                for field, value in (("location", WEIGHTS_NAME), ("offset", offset), ("length", length)):
+                for field, value in (("location", self.path.name), ("offset", offset), ("length", length)):
                     entry = tensor.external_data.add()
                     entry.key, entry.value = field, str(value)
-                moved += 1
                 moved_bytes += length
         self.graph_bytes += moved_bytes
         temporary = graph_path.with_suffix(".onnx.tmp")
         temporary.write_bytes(model.SerializeToString())
         os.replace(temporary, graph_path)
-        return {"external_tensors": moved, "external_bytes": moved_bytes, "weights_sha256": digest.hexdigest()}
+        return digest.hexdigest()

@@ -1,33 +1,22 @@
 """Shared libraries compiled from the package's C++ sources on first use, cached by content.
 
 The rANS coder and the CPU Bi-WKV (and its ONNX Runtime custom op) are small C++ files built with
-the system compiler the first time they are needed, into ``HPCM_CACHE_DIR`` (default
-``~/.cache/hpcm-rwkv``). The file name carries a digest of the sources, headers and flags, so a
-changed source builds anew and concurrent first uses never load a half-written library.
+the system compiler the first time they are needed, into ``hpcm.config.cache_dir()``. The file
+name carries a digest of the sources, headers and flags, so a changed source builds anew and
+concurrent first uses never load a half-written library.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Sequence
 
-
-class NativeBuildError(RuntimeError):
-    """No C++ compiler, or the compiler rejected the sources (its output is in the message)."""
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("HPCM_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "hpcm-rwkv"
-
-
-def compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+from . import config
+from .errors import NativeBuildError
 
 
 def build_shared_library(stem: str, sources: Sequence[Path], headers: Sequence[Path] = (),
@@ -37,10 +26,10 @@ def build_shared_library(stem: str, sources: Sequence[Path], headers: Sequence[P
     for path in (*sources, *headers):
         digest.update(Path(path).read_bytes())
     digest.update("\0".join([*map(str, include_dirs), *flags]).encode())
-    target = cache_dir() / f"{stem}_{digest.hexdigest()[:16]}.so"
+    target = config.cache_dir() / f"{stem}_{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    cxx = compiler()
+    cxx = config.cxx_compiler()
     if cxx is None:
         raise NativeBuildError(f"no C++ compiler found to build {stem} (install g++ or set CXX)")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,11 @@ import math
 
 import torch
 
+# The model buffers that hold the entropy tables, in the one order every digest of them uses (the
+# tables digest in each bitstream depends on it: changing it makes existing .hpcm files undecodable).
+TABLE_NAMES = ("scale_table", "quantized_cdf_y", "cdf_length_y", "offset_y",
+               "quantized_cdf_z", "cdf_length_z", "offset_z")
+
 SCALE_TABLE_MIN = 0.12
 SCALE_TABLE_MAX = 64.0
 SCALE_TABLE_LEVELS = 60

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcm.plugins.biwkv import biwkv
+from hpcm.plugins.biwkv import biwkv, biwkv_closed_form
 
 from .layers import ChannelLayerNorm, conv1x1
 
@@ -83,8 +83,18 @@ class OmniShift(nn.Module):
         return F.conv2d(x, self.fused_weight(), padding=2, groups=x.shape[1])
 
 
+WKV_FORMS = ("op", "closed_form")
+
+
 class SpatialMix(nn.Module):
-    """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens."""
+    """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens.
+
+    ``wkv_form`` says how the Bi-WKV is computed: ``"op"``, the contract's op (exact; one custom node
+    under ONNX export), or ``"closed_form"``, its cumulative-sum form in standard ops (what
+    ``hpcm-export --wkv decomposed`` sets on the copy it traces).
+    """
+
+    wkv_form = "op"
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -104,8 +114,13 @@ class SpatialMix(nn.Module):
         x = self.shift(x)
         k = self.key(x).flatten(2)
         v = self.value(x).flatten(2)
-        mixed = biwkv(self.decay / tokens, self.boost / tokens, k, v).reshape(B, C, H, W)
+        mixed = self._wkv(self.decay / tokens, self.boost / tokens, k, v).reshape(B, C, H, W)
         return self.output(torch.sigmoid(self.receptance(x)) * mixed)
+
+    def _wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.wkv_form == "closed_form":
+            return biwkv_closed_form(w.to(k.dtype), u.to(k.dtype), k, v)
+        return biwkv(w, u, k, v)
 
 
 class ChannelMix(nn.Module):

@@ -10,15 +10,13 @@ from typing import Optional, Union
 
 import torch
 
+from hpcm.errors import CheckpointError
+
 from .hpcm import HPCM, build_model
 from .variants import VariantSpec, get_variant
 
 FORMAT = "hpcm-rwkv-checkpoint"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with a message saying why and what to do."""
 
 
 def save_checkpoint(model: HPCM, path: Union[str, Path], extra: Optional[dict] = None) -> Path:

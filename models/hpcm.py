@@ -3,57 +3,31 @@
 Module names and shapes are those of the official ``HPCM`` (lyq133/LIC-HPCM, ``HPCM_Base.py``) so
 that its checkpoints load; the cells, context fusion and priors come from a ``VariantSpec``.
 
-Progressive coding runs in 11 steps (2 at s1 = y/4, 3 at s2 = y/2, 6 at s3 = y). The step API
-(``begin_progressive`` / ``step_parameters`` / ``step_symbols`` / ``advance`` /
-``finish_progressive``) is the single implementation behind the training forward, the codec's
-encoder and decoder, and the exported per-step graphs.
+Progressive coding runs in 11 steps (2 at s1 = y/4, 3 at s2 = y/2, 6 at s3 = y), driven by
+``progressive.ProgressiveSchedule``; the model provides the networks it calls between steps
+(``step_context``, ``fuse_context``), which are also the exported step and fusion graphs.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
+from hpcm.config import DEFAULT_VARIANT
+from hpcm.errors import ImageError, VariantError
+
+from .cdf_tables import TABLE_NAMES
 from .cells import CrossAttentionCell, RWKVBlock, RWKVContextCell, RWKVFusionNet
 from .entropy import GeneralizedGaussian
 from .layers import DWConvRB, conv1x1
-from .layout import Y_ALIGNMENT, ScaleLayout, StepMask
+from .layout import Y_ALIGNMENT, ScaleLayout
+from .progressive import STEPS, ProgressiveSchedule
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 from .variants import CellSpec, CrossAttentionCellSpec, PriorSpec, VariantSpec, get_variant
-
-ENTROPY_TABLE_BUFFERS = (
-    "scale_table", "quantized_cdf_z", "cdf_length_z", "offset_z", "quantized_cdf_y", "cdf_length_y", "offset_y",
-)
-SCALES = ("s1", "s2", "s3")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One progressive step: its scale, mask part, adaptor and adaptive-parameter index."""
-
-    scale: int  # 0 = s1, 1 = s2, 2 = s3
-    part: int
-    adaptor: Optional[int]  # None: parameters straight from the hyper prior
-    adaptive_param: Optional[int]
-    last_of_scale: bool
-
-
-def _steps() -> tuple[Step, ...]:
-    # The official loops index adaptor lists with i - 1 from i = 0, so s2 and s3 start with their
-    # last adaptor; trained weights depend on this order.
-    steps = [Step(0, 0, None, None, False), Step(0, 1, 0, 0, True)]
-    steps += [Step(1, i + 1, (i - 1) % 3, i + 1, i == 2) for i in range(3)]
-    steps += [Step(2, i + 2, (i - 1) % 6, i + 4, i == 5) for i in range(6)]
-    return tuple(steps)
-
-
-STEPS = _steps()
-
 
 class SpatialPrior(nn.Module):
     """``branch_2(branch_1(x) * adaptive_param)``; branch_2 ends in conv1x1(3M, 2M)."""
@@ -66,7 +40,7 @@ class SpatialPrior(nn.Module):
                 return DWConvRB(3 * M)
             if kind == "rwkv":
                 return RWKVBlock(3 * M, spec.rwkv_hidden_rate)
-            raise ValueError(f"unknown prior block kind {kind!r}")
+            raise VariantError(f"unknown prior block kind {kind!r}")
 
         self.branch_1 = nn.Sequential(*(block(k) for k in spec.branch_1))
         self.branch_2 = nn.Sequential(*(block(k) for k in spec.branch_2), conv1x1(3 * M, 2 * M))
@@ -81,20 +55,9 @@ def _context_cell(spec: CellSpec, dim: int) -> nn.Module:
     return RWKVContextCell(dim, spec.hidden_rate)
 
 
-@dataclass
-class ProgressiveState:
-    """What encoder and decoder both know between steps."""
-
-    scales_hyper: torch.Tensor  # (B, M, H, W) scales from h_s
-    means_hyper: torch.Tensor
-    scale: int
-    context_next: torch.Tensor  # (B, 2M, h, w) at the current scale
-    y_hat: torch.Tensor  # (B, M, h, w) decoded so far at the current scale, zeros elsewhere
-    pending_context: Optional[torch.Tensor] = None
-
-
 class HPCM(nn.Module):
-    """HPCM image codec network. ``HPCM("phase2")`` or ``HPCM(VariantSpec(...))``."""
+    """HPCM image codec network. ``HPCM("phase2")`` or ``HPCM(VariantSpec(...))``; a bare ``HPCM()``
+    is HPCM-Base, as the official class is."""
 
     def __init__(self, variant: VariantSpec | str = "baseline", M: Optional[int] = None, N: Optional[int] = None) -> None:
         super().__init__()
@@ -113,7 +76,7 @@ class HPCM(nn.Module):
         self.means_hyper = nn.Parameter(torch.zeros(1, N, 1, 1))
         self.scales_hyper = nn.Parameter(torch.ones(1, N, 1, 1))
         self.entropy_estimation = GeneralizedGaussian()
-        for name in ENTROPY_TABLE_BUFFERS:
+        for name in TABLE_NAMES:
             self.register_buffer(name, torch.empty(0))
 
         self.y_spatial_prior_adaptor_list_s1 = nn.ModuleList(conv1x1(3 * M, 3 * M) for _ in range(1))
@@ -142,14 +105,10 @@ class HPCM(nn.Module):
                 alignment = math.lcm(alignment, 16 * 2 ** (2 - scale) * cell.window)
         return alignment
 
-    @property
-    def num_steps(self) -> int:
-        return len(STEPS)
-
     def check_image_size(self, height: int, width: int) -> None:
         a = self.alignment
         if height % a or width % a or height <= 0 or width <= 0:
-            raise ValueError(
+            raise ImageError(
                 f"{self.spec.name}: image sides must be positive multiples of {a}; got {height}x{width} (pad first)"
             )
 
@@ -165,33 +124,10 @@ class HPCM(nn.Module):
                  self.y_spatial_prior_adaptor_list_s3)
         return lists[scale][index]
 
-    def step_mask(self, step: int) -> StepMask:
-        s = STEPS[step]
-        return (self.layout.s1_masks, self.layout.s2_masks, self.layout.s3_masks)[s.scale][s.part]
-
-    def _to_s1(self, t: torch.Tensor) -> torch.Tensor:
-        return self.layout.s2_to_s1.apply(self.layout.full_to_s2.apply(t))
-
-    def at_scale(self, y: torch.Tensor, scale: int) -> torch.Tensor:
-        """y (full resolution) re-arranged to scale 0 (s1), 1 (s2) or 2 (s3)."""
-        if scale == 2:
-            return y
-        y_s2 = self.layout.full_to_s2.apply(y)
-        return y_s2 if scale == 1 else self.layout.s2_to_s1.apply(y_s2)
-
-    def lift(self, t: torch.Tensor, scale: int) -> torch.Tensor:
-        """A tensor at scale 0/1 put back at its full-resolution positions (zeros elsewhere)."""
-        if scale == 0:
-            t = self.layout.s1_to_s2.apply(t)
-        return t if scale == 2 else self.layout.s2_to_full.apply(t)
-
-    def begin_progressive(self, params: torch.Tensor) -> ProgressiveState:
-        """State before step 0 from the hyper synthesis output (B, 2M, H, W)."""
-        scales, means = params.chunk(2, 1)
-        context = torch.cat((self._to_s1(scales), self._to_s1(means)), dim=1)
-        B, _, h, w = context.shape
-        y_hat = torch.zeros((B, self.M, h, w), dtype=params.dtype, device=params.device)
-        return ProgressiveState(scales, means, 0, context, y_hat)
+    @property
+    def schedule(self) -> ProgressiveSchedule:
+        """The progressive steps over this model's own networks."""
+        return ProgressiveSchedule(self.layout, self)
 
     def step_context(self, step: int, context_next: torch.Tensor, y_hat: torch.Tensor):
         """Network part of a step >= 1: (scales, means, next context) at the step's scale, full maps."""
@@ -202,56 +138,9 @@ class HPCM(nn.Module):
         scales, means = context.chunk(2, 1)
         return scales, means, new_context_next
 
-    def step_parameters(self, state: ProgressiveState, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scales and means of step ``step``'s symbols, as dense (B, M/groups, h, w) blocks."""
-        s = STEPS[step]
-        if s.scale != state.scale:
-            raise RuntimeError(f"step {step} is at scale {SCALES[s.scale]}, state is at {SCALES[state.scale]}")
-        if s.adaptor is None:
-            scales, means = state.context_next.chunk(2, 1)
-            state.pending_context = None
-        else:
-            scales, means, state.pending_context = self.step_context(step, state.context_next, state.y_hat)
-        mask = self.step_mask(step)
-        full = mask.full(scales)
-        return mask.to_dense(scales * full), mask.to_dense(means * full)
-
-    def step_symbols(self, y: torch.Tensor, step: int, y_at_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Encoder side: the y values coded in step ``step``, as a dense block (``y_at_scale``: y
-        already moved to the step's scale, to avoid moving it again for every step)."""
-        mask = self.step_mask(step)
-        y_scale = self.at_scale(y, STEPS[step].scale) if y_at_scale is None else y_at_scale
-        return mask.to_dense(y_scale * mask.full(y_scale))
-
-    def transition(self, scale: int, state: ProgressiveState) -> None:
-        """Move the state from ``scale`` to the next: up-scale y_hat and context, fuse with hyper params."""
-        up = self.layout.s1_to_s2 if scale == 0 else self.layout.s2_to_full
-        if scale == 0:
-            hyper_s, hyper_m = (self.layout.full_to_s2_hyper.apply(t) for t in (state.scales_hyper, state.means_hyper))
-        else:
-            hyper_s, hyper_m = (self.layout.s3_hyper(t) for t in (state.scales_hyper, state.means_hyper))
-        c_scales, c_means = state.context_next.chunk(2, 1)
-        context = torch.cat((up.apply(c_scales), up.apply(c_means)), dim=1)
-        context = context + torch.cat((hyper_s, hyper_m), dim=1)
-        state.context_next = self.context_net[scale](context)
-        state.y_hat = up.apply(state.y_hat)
-        state.scale = scale + 1
-
-    def advance(self, state: ProgressiveState, step: int, y_hat_step: torch.Tensor) -> ProgressiveState:
-        """Record step ``step``'s decoded values (dense block) and move to the next step."""
-        s = STEPS[step]
-        state.y_hat = state.y_hat + self.step_mask(step).from_dense(y_hat_step)
-        if state.pending_context is not None:
-            state.context_next = state.pending_context
-            state.pending_context = None
-        if s.last_of_scale and s.scale < 2:
-            self.transition(s.scale, state)
-        return state
-
-    def finish_progressive(self, state: ProgressiveState) -> torch.Tensor:
-        if state.scale != 2:
-            raise RuntimeError("finish_progressive called before the last step")
-        return state.y_hat
+    def fuse_context(self, scale: int, context: torch.Tensor) -> torch.Tensor:
+        """``context_net`` of the transition into ``scale`` (1 = s2, 2 = s3), on the up-scaled context."""
+        return self.context_net[scale - 1](context)
 
     # ------------------------------------------------------------------ forward
     def analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,14 +172,13 @@ class HPCM(nn.Module):
             z_hat = z_q + self.means_hyper
             z_likelihoods = self.entropy_estimation(z_q, self.scales_hyper)
 
-        state = self.begin_progressive(self.h_s(z_hat))
+        schedule = self.schedule
+        y_scales = schedule.all_scales(y)
         # Likelihoods are gathered per scale and lifted to full resolution once per scale.
         per_scale: list[Optional[torch.Tensor]] = [None, None, None]
-        y_s2 = self.layout.full_to_s2.apply(y)
-        y_scales = (self.layout.s2_to_s1.apply(y_s2), y_s2, y)
-        for step in range(self.num_steps):
-            scales, means = self.step_parameters(state, step)
-            residual = self.step_symbols(y, step, y_scales[STEPS[step].scale]) - means
+
+        def code_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+            residual = schedule.symbols(y_scales, step) - means
             if training:
                 y_q = self._ste_round(residual)
                 likelihood = self.entropy_estimation(self._add_noise(residual), scales)
@@ -298,11 +186,13 @@ class HPCM(nn.Module):
                 y_q = torch.round(residual)
                 likelihood = self.entropy_estimation(y_q, scales)
             scale = STEPS[step].scale
-            placed = self.step_mask(step).from_dense(likelihood)
+            placed = schedule.step_mask(step).from_dense(likelihood)
             per_scale[scale] = placed if per_scale[scale] is None else per_scale[scale] + placed
-            self.advance(state, step, y_q + means)
-        y_likelihoods = sum(self.lift(t, scale) for scale, t in enumerate(per_scale))
-        x_hat = self.g_s(self.finish_progressive(state))
+            return y_q
+
+        y_hat = schedule.run(self.h_s(z_hat), code_step)
+        y_likelihoods = sum(schedule.lift(t, scale) for scale, t in enumerate(per_scale))
+        x_hat = self.g_s(y_hat)
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
     # ------------------------------------------------------------------ entropy tables and checkpoints
@@ -322,14 +212,14 @@ class HPCM(nn.Module):
 
     @property
     def has_entropy_tables(self) -> bool:
-        return all(getattr(self, n).numel() > 0 for n in ENTROPY_TABLE_BUFFERS)
+        return all(getattr(self, n).numel() > 0 for n in TABLE_NAMES)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Loads official HPCM checkpoints too: resizes the entropy-table buffers to the checkpoint's
         (empty in checkpoints saved before ``update``), and accepts checkpoints from before the official
         ``adaptive_params_list`` (commit bfd3514b) with a warning, keeping those parameters at ones."""
         state_dict = dict(state_dict)
-        for name in ENTROPY_TABLE_BUFFERS:
+        for name in TABLE_NAMES:
             if name in state_dict:
                 saved = state_dict[name]
                 setattr(self, name, torch.empty(saved.shape, dtype=saved.dtype, device=getattr(self, name).device))
@@ -345,7 +235,7 @@ class HPCM(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
-def build_model(variant: VariantSpec | str = "baseline", seed: Optional[int] = None) -> HPCM:
+def build_model(variant: VariantSpec | str = DEFAULT_VARIANT, seed: Optional[int] = None) -> HPCM:
     """A model of ``variant``; with ``seed`` its random initialisation is reproducible."""
     if seed is None:
         return HPCM(variant)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hpcm.errors import ImageError
+
 from .hpcm import HPCM
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm"}
@@ -38,7 +40,7 @@ class TrainConfig:
 def image_paths(folder: Path) -> list[Path]:
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        raise ImageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     return paths
 
 
@@ -50,7 +52,7 @@ def random_crops(paths: list[Path], crop: int, batch_size: int, rng: random.Rand
         if min(image.shape[:2]) >= crop:
             arrays.append(image)
     if not arrays:
-        raise ValueError(f"no training image is at least {crop}x{crop} pixels")
+        raise ImageError(f"no training image is at least {crop}x{crop} pixels")
     while True:
         batch = []
         for _ in range(batch_size):

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from hpcm.config import DEFAULT_VARIANT
+from hpcm.errors import VariantError
+
 
 @dataclass(frozen=True)
 class CrossAttentionCellSpec:
@@ -71,7 +74,7 @@ class VariantSpec:
                 return CrossAttentionCellSpec(window=int(c["window"]))
             if c["kind"] == "rwkv":
                 return RWKVCellSpec(hidden_rate=int(c["hidden_rate"]))
-            raise ValueError(f"unknown cell kind {c['kind']!r}")
+            raise VariantError(f"unknown cell kind {c['kind']!r}")
 
         def prior(p: dict) -> PriorSpec:
             return PriorSpec(tuple(p["branch_1"]), tuple(p["branch_2"]), int(p.get("rwkv_hidden_rate", 2)))
@@ -117,4 +120,4 @@ def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:
     path = Path(variant)
     if path.suffix == ".json" and path.is_file():
         return VariantSpec.from_dict(json.loads(path.read_text()))
-    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)} (or a variant .json file)")
+    raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)} (or a variant .json file)")

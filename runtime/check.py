@@ -20,12 +20,11 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from hpcm.models.hpcm import HPCM, STEPS
+from hpcm.codec import BackendMismatchWarning, Codec, pad_image
+from hpcm.errors import BitstreamError
+from hpcm.log import LOG
 
-from .codec import BackendMismatchWarning, compress, decompress, pad_image
-from .errors import BitstreamError
-from .graph_model import TRANSITION_GRAPHS, GraphModel
-from .mismatch import count_mismatches, stepping_backend
+from .mismatch import count_mismatches
 
 
 @dataclass(frozen=True)
@@ -42,43 +41,35 @@ def error_stats(reference: torch.Tensor, other: torch.Tensor) -> dict:
             "max_relative_to_scale": float(diff.max()) / scale, "elements": int(diff.size)}
 
 
-def _graph_inputs(model: HPCM, x: torch.Tensor, with_forward: bool) -> dict[str, tuple[dict, dict]]:
-    """Inputs and eager outputs of every codec graph, and of the forward when asked, for image ``x``
-    (already padded). The forward is one more whole-model pass, so it runs only when checked."""
-    cases: dict[str, tuple[dict, dict]] = {}
-    with torch.no_grad():
-        y, z = model.analyse(x)
-        cases["analysis"] = ({"x": x}, {"y": y, "z": z})
-        z_hat = torch.round(z - model.means_hyper) + model.means_hyper
-        params = model.h_s(z_hat)
-        cases["hyper_synthesis"] = ({"z_hat": z_hat}, {"params": params})
-        state = model.begin_progressive(params)
-        for step, s in enumerate(STEPS):
-            if s.adaptor is not None:
-                inputs = {"context_next": state.context_next, "y_hat": state.y_hat}
-                scales_full, means_full, new_context = model.step_context(step, state.context_next, state.y_hat)
-                cases[f"step{step:02d}"] = (inputs, {"scales": scales_full, "means": means_full,
-                                                     "new_context_next": new_context})
-            scales, means = model.step_parameters(state, step)
-            symbols = torch.round(model.step_symbols(y, step) - means)
-            if s.last_of_scale and s.scale < 2:
-                before = {"context_next": state.pending_context if state.pending_context is not None
-                          else state.context_next,
-                          "y_hat": state.y_hat + model.step_mask(step).from_dense(symbols + means),
-                          "scales_hyper": state.scales_hyper, "means_hyper": state.means_hyper}
-                model.advance(state, step, symbols + means)
-                cases[TRANSITION_GRAPHS[s.scale]] = (before, {"new_context_next": state.context_next,
-                                                              "new_y_hat": state.y_hat})
-            else:
-                model.advance(state, step, symbols + means)
-        y_hat = model.finish_progressive(state)
-        cases["synthesis"] = ({"y_hat": y_hat}, {"x_hat": model.g_s(y_hat)})
-        if not with_forward:
-            return cases
-        out = model(x, training=False)
-        cases["forward"] = ({"x": x}, {"x_hat": out["x_hat"], "y_likelihoods": out["likelihoods"]["y"],
-                                       "z_likelihoods": out["likelihoods"]["z"]})
-    return cases
+class RecordingRunner:
+    """A runner that remembers the first inputs and outputs of every graph it runs."""
+
+    def __init__(self, runner) -> None:  # noqa: ANN001 - any runner
+        self.runner = runner
+        self.device = runner.device
+        self.fingerprint = runner.fingerprint
+        self.calls: dict[str, tuple[dict, dict]] = {}
+
+    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs = self.runner.run(graph, inputs)
+        self.calls.setdefault(graph, (dict(inputs), outputs))
+        return outputs
+
+
+def reference_run(reference: Codec, x: torch.Tensor, with_forward: bool
+                  ) -> tuple[dict[str, tuple[dict, dict]], bytes, dict]:
+    """The reference codec encoding and decoding ``x``: the inputs and outputs of every graph it ran
+    (and of the whole-model forward on the padded image, when asked: one more full pass), its
+    stream, and its own decode of that stream."""
+    recorder = RecordingRunner(reference.runner)
+    recording = Codec(recorder, reference.parameters)
+    data = recording.compress(x).data
+    decoded = _decode(recording, data, x)
+    if with_forward:
+        padded, _, _ = pad_image(x.to(reference.device), reference.alignment)
+        with torch.no_grad():
+            recorder.run("forward", {"x": padded})
+    return recorder.calls, data, decoded
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,37 +79,37 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def _decode(model, data: bytes, original: torch.Tensor) -> dict:
+def _decode(codec: Codec, data: bytes, original: torch.Tensor) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BackendMismatchWarning)
-            x_hat = decompress(model, data)
+            x_hat = codec.decompress(data).x_hat
         return {"ok": True, "psnr": _psnr(original, x_hat)}
     except (BitstreamError, RuntimeError, ValueError) as exc:
         return {"ok": False, "error": str(exc)}
 
 
-def check_export(model: HPCM, backend, images: Iterable[tuple[str, torch.Tensor]], tolerances: Tolerances,
-                 graphs: Optional[list[str]] = None, log=print) -> dict:
-    """Run every level for every image; returns the JSON-ready report with ``passed``."""
-    model = model.eval()
-    graph_model = GraphModel(model, backend)
-    available = list(getattr(backend, "manifest", {}).get("graphs", {}))
+def check_export(reference: Codec, backend: Codec, images: Iterable[tuple[str, torch.Tensor]],
+                 tolerances: Tolerances, graphs: Optional[list[str]] = None, precision: str = "fp32") -> dict:
+    """Run every level for every image; returns the JSON-ready report with ``passed``.
+
+    ``reference``: the eager codec on the weights the export was made from; ``backend``: the codec on
+    the export's runner; ``precision``: the export's compute precision."""
+    available = list(backend.runner.graphs)
     graphs = [g for g in (graphs or available) if g in available]
     images = list(images)
-    precision = getattr(backend, "manifest", {}).get("precision", "fp32")
     # A reduced-precision export computes other scale indexes than float32 eager: its streams decode
     # on its own engines only, so cross-backend decodes and index mismatches are reported, not judged.
     cross_backend = precision == "fp32"
-    report: dict = {"backend": backend.fingerprint, "precision": precision, "tolerances": tolerances.__dict__,
-                    "cross_backend_decodes_judged": cross_backend, "graphs": {}, "codec": [], "failures": []}
+    report: dict = {"backend": backend.fingerprint, "reference": reference.fingerprint, "precision": precision,
+                    "tolerances": tolerances.__dict__, "cross_backend_decodes_judged": cross_backend,
+                    "graphs": {}, "codec": [], "failures": []}
     for name, x in images:
-        xp, _, _ = pad_image(x, model.alignment)
-        cases = _graph_inputs(model, xp, with_forward="forward" in graphs)
+        cases, eager_data, eager_to_eager = reference_run(reference, x, with_forward="forward" in graphs)
         for graph in graphs:
             inputs, expected = cases[graph]
             start = time.perf_counter()
-            outputs = backend.run(graph, inputs)
+            outputs = backend.runner.run(graph, inputs)
             elapsed = time.perf_counter() - start
             stats = {k: error_stats(expected[k], outputs[k]) for k in expected}
             broken = [k for k in expected if not torch.isfinite(outputs[k]).all()]
@@ -128,19 +119,18 @@ def check_export(model: HPCM, backend, images: Iterable[tuple[str, torch.Tensor]
             worst = max(s["max"] for s in stats.values())
             if graph != "forward" and worst > tolerances.max_abs_error:
                 report["failures"].append(f"{graph} on {name}: max abs error {worst:.3e}")
-        log(f"{name}: graphs checked")
+        LOG.info(f"{name}: graphs checked")
 
-        eager_data = compress(model, x)
-        backend_data = compress(graph_model, x)
+        backend_data = backend.compress(x).data
         height, width = x.shape[-2:]
         entry = {
             "image": name,
             "bpp_eager": 8 * len(eager_data) / (height * width),
             "bpp_backend": 8 * len(backend_data) / (height * width),
-            "eager_to_eager": _decode(model, eager_data, x),
-            "eager_to_backend": _decode(graph_model, eager_data, x),
-            "backend_to_eager": _decode(model, backend_data, x),
-            "backend_to_backend": _decode(graph_model, backend_data, x),
+            "eager_to_eager": eager_to_eager,
+            "eager_to_backend": _decode(backend, eager_data, x),
+            "backend_to_eager": _decode(reference, backend_data, x),
+            "backend_to_backend": _decode(backend, backend_data, x),
         }
         entry["bpp_diff"] = entry["bpp_backend"] - entry["bpp_eager"]
         if not entry["backend_to_backend"]["ok"]:
@@ -155,10 +145,9 @@ def check_export(model: HPCM, backend, images: Iterable[tuple[str, torch.Tensor]
                 if abs(result["psnr_diff_db"]) > tolerances.max_psnr_diff_db:
                     report["failures"].append(f"{route} on {name}: PSNR differs by {result['psnr_diff_db']:.3f} dB")
         report["codec"].append(entry)
-        log(f"{name}: codec checked ({entry['bpp_eager']:.3f} bpp)")
+        LOG.info(f"{name}: codec checked ({entry['bpp_eager']:.3f} bpp)")
 
-    mismatches = count_mismatches(model, images, {"eager": stepping_backend(model),
-                                                  "backend": stepping_backend(graph_model)})
+    mismatches = count_mismatches({"eager": reference, "backend": backend}, images)
     report["index_mismatches"] = mismatches
     # Flips the boundary guard covers decode correctly; only the others break streams.
     total = mismatches["totals"]["backend"]["unguarded_mismatches"]

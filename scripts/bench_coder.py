@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hpcm.models.cdf_tables import default_scale_table, quantized_cdf_tables, scale_indexes
-from hpcm.runtime.rans import CdfTables, RansDecoder, RansEncoder, ideal_bits, native_library
+from hpcm.codec.rans import CdfTables, RansDecoder, RansEncoder, ideal_bits, native_library
 
 
 def synthetic_step(n: int, seed: int, beta: float = 1.5) -> tuple[np.ndarray, np.ndarray]:

@@ -96,8 +96,8 @@ tensorrt_checks() {
     local hpcm=("$PYTHON" -c 'from hpcm.cli import main; main()')
     local hpcm_export=("$PYTHON" -c 'from hpcm.cli.export_cmds import export_main; export_main()')
     export HPCM_BIWKV_PLUGIN="$plugin" HPCM_ENGINE_CACHE="$BUILD/engines"
-    step "pytest -m tensorrt" timeout 300 "$PYTHON" -m pytest -m tensorrt -q -rs tests/test_tensorrt_backend.py
-    step "export phase2" timeout 300 "${hpcm_export[@]}" --variant phase2 -o "$export_dir" --no-forward \
+    step "pytest -m tensorrt" timeout 300 "$PYTHON" -m pytest -m tensorrt -q -rs tests/test_tensorrt_runner.py tests/test_runners.py
+    step "export phase2" timeout 300 "${hpcm_export[@]}" --variant phase2 -o "$export_dir" \
         --opt-size 256 256 --min-size 128 128 --max-size 768 768
     step "hpcm build" timeout 600 "${hpcm[@]}" build "$export_dir"
     step "hpcm check tensorrt" timeout 300 "${hpcm[@]}" check "$export_dir" --backend tensorrt --limit 1 \

@@ -10,23 +10,24 @@ import numpy as np
 import pytest
 import torch
 
+from hpcm.codec import BackendMismatchWarning, Codec, bitstream
+from hpcm.codec.bitstream import Header, pack, unpack
+from hpcm.errors import BitstreamError
 from hpcm.models import build_model
-from hpcm.runtime import bitstream, codec
-from hpcm.runtime.bitstream import Header, pack, unpack
-from hpcm.runtime.errors import BitstreamError
+from hpcm.runtime.session import eager_codec
 
 
 @pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
+def codec() -> Codec:
     m = build_model("phase2", seed=0).eval()
     m.update()
-    return m
+    return eager_codec(m)
 
 
 @pytest.fixture(scope="module")
-def encoded(model: torch.nn.Module) -> bytes:
+def encoded(codec: Codec) -> bytes:
     gen = torch.Generator().manual_seed(0)
-    return codec.compress(model, torch.rand(1, 3, 40, 56, generator=gen))
+    return codec.compress(torch.rand(1, 3, 40, 56, generator=gen)).data
 
 
 def header(**changes) -> Header:
@@ -71,7 +72,7 @@ def test_clear_messages(encoded: bytes) -> None:
         unpack("not bytes")  # type: ignore[arg-type]
 
 
-def test_random_mutations_are_rejected_quickly(model: torch.nn.Module, encoded: bytes) -> None:
+def test_random_mutations_are_rejected_quickly(codec: Codec, encoded: bytes) -> None:
     rng = np.random.default_rng(1234)
     decoded = rejected = 0
     start = time.perf_counter()
@@ -97,7 +98,7 @@ def test_random_mutations_are_rejected_quickly(model: torch.nn.Module, encoded: 
                 del data[at:at + int(rng.integers(1, 5))]
         t0 = time.perf_counter()
         try:
-            codec.decompress(model, bytes(data))
+            codec.decompress(bytes(data))
             decoded += 1
         except BitstreamError:
             rejected += 1
@@ -106,7 +107,7 @@ def test_random_mutations_are_rejected_quickly(model: torch.nn.Module, encoded: 
     assert time.perf_counter() - start < 60.0
 
 
-def test_forged_payloads_decode_or_raise(model: torch.nn.Module, encoded: bytes) -> None:
+def test_forged_payloads_decode_or_raise(codec: Codec, encoded: bytes) -> None:
     """Valid CRCs around a garbled y stream: the rANS checks must still catch it (or decode)."""
     hdr, streams = unpack(encoded)
     rng = np.random.default_rng(7)
@@ -115,40 +116,40 @@ def test_forged_payloads_decode_or_raise(model: torch.nn.Module, encoded: bytes)
             forged = [bytearray(s) for s in streams]
             forged[stream][rng.integers(len(forged[stream]))] ^= int(rng.integers(1, 256))
             try:
-                codec.decompress(model, pack(hdr, [bytes(s) for s in forged]))
+                codec.decompress(pack(hdr, [bytes(s) for s in forged]))
             except BitstreamError:
                 pass
 
 
-def test_oversized_claims_are_rejected_before_networks(model: torch.nn.Module, encoded: bytes) -> None:
+def test_oversized_claims_are_rejected_before_networks(codec: Codec, encoded: bytes) -> None:
     hdr, _ = unpack(encoded)
     forged = reseal(encoded, Header(**{**hdr.__dict__, "height": 60000 - hdr.pad_bottom,
                                        "width": 60000 - hdr.pad_right}))
     t0 = time.perf_counter()
     with pytest.raises(BitstreamError, match="too short|alignment"):
-        codec.decompress(model, forged)
+        codec.decompress(forged)
     assert time.perf_counter() - t0 < 1.0
     bad_pad = reseal(encoded, Header(**{**hdr.__dict__, "pad_bottom": hdr.pad_bottom + 1}))
     with pytest.raises(BitstreamError, match="padding"):
-        codec.decompress(model, bad_pad)
+        codec.decompress(bad_pad)
 
 
 def test_other_weights_fail_clearly(encoded: bytes) -> None:
     other = build_model("phase2", seed=1).eval()
     other.update()
     with pytest.raises(BitstreamError, match="different model weights"):
-        codec.decompress(other, encoded)
+        eager_codec(other).decompress(encoded)
     baseline = build_model("baseline", seed=0).eval()
     baseline.update()
     with pytest.raises(BitstreamError, match="variant"):
-        codec.decompress(baseline, encoded)
+        eager_codec(baseline).decompress(encoded)
 
 
-def test_other_backend_warns(model: torch.nn.Module, encoded: bytes) -> None:
+def test_other_backend_warns(codec: Codec, encoded: bytes) -> None:
     hdr, _ = unpack(encoded)
     forged = reseal(encoded, Header(**{**hdr.__dict__, "backend_digest": b"\x00" * 8}))
-    with pytest.warns(codec.BackendMismatchWarning):
-        x_hat = codec.decompress(model, forged)
+    with pytest.warns(BackendMismatchWarning):
+        x_hat = codec.decompress(forged).x_hat
     assert x_hat.shape == (1, 3, hdr.height, hdr.width)
 
 

@@ -127,7 +127,7 @@ def test_load_without_cuda_explains(monkeypatch):
 def test_eager_model_on_gpu_uses_kernel_and_matches_cpu(extension, monkeypatch):
     """phase2's whole forward on GPU (its RWKV cells through the kernel) against the same model on CPU."""
     from hpcm.models import build_model
-    from hpcm.runtime.codec import deterministic_precision
+    from hpcm.codec.codec import deterministic_precision
 
     calls = []
     kernel = extension.forward

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hpcm.cli import main
+from hpcm.config import default_image_folder
 
-KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
+KODAK = default_image_folder()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def run(*args: str):  # noqa: ANN201
 
 
 def leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    return [p.name for p in folder.iterdir() if p.name.endswith(".partial")]
 
 
 def write_png16(path: Path, h: int, w: int) -> None:

@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
+from hpcm.codec import inspect
+from hpcm.codec.bitstream import unpack
+from hpcm.codec.rans import LANES
+from hpcm.errors import EntropyTableError, ImageError
 from hpcm.models import VARIANTS, build_model
-from hpcm.runtime import codec
-from hpcm.runtime.bitstream import unpack
-from hpcm.runtime.rans import LANES
+from hpcm.runtime.session import eager_codec
 
 # Per-stream cost the likelihoods do not see: the final rANS states and the word-count varint.
 STREAM_FIXED_BYTES = 2 * 2 * LANES + 3
@@ -35,8 +37,9 @@ def smooth_image(h: int, w: int, seed: int) -> torch.Tensor:
 
 
 def check_roundtrip(model: torch.nn.Module, x: torch.Tensor) -> None:
-    enc = codec.compress_with_state(model, x)
-    dec = codec.decompress_with_state(model, enc.data)
+    codec = eager_codec(model)
+    enc = codec.compress(x)
+    dec = codec.decompress(enc.data)
     assert torch.equal(dec.z_hat, enc.z_hat)
     assert torch.equal(dec.y_hat, enc.y_hat)
     h, w = x.shape[-2:]
@@ -64,10 +67,11 @@ def test_roundtrip_aligned_and_odd_phase2(models: dict) -> None:
 
 def test_encoding_is_deterministic_and_records_geometry(models: dict) -> None:
     model = models["phase2"]
+    codec = eager_codec(model)
     x = smooth_image(37, 50, seed=5)
-    data = codec.compress(model, x)
-    assert data == codec.compress(model, x)
-    header = codec.inspect(data)
+    data = codec.compress(x).data
+    assert data == codec.compress(x).data
+    header = inspect(data)
     assert (header.height, header.width) == (37, 50)
     assert (header.height + header.pad_bottom) % model.alignment == 0
     assert (header.width + header.pad_right) % model.alignment == 0
@@ -75,13 +79,12 @@ def test_encoding_is_deterministic_and_records_geometry(models: dict) -> None:
 
 
 def test_bad_images_are_refused(models: dict) -> None:
-    model = models["phase2"]
+    codec = eager_codec(models["phase2"])
     for bad in (torch.rand(3, 64, 64), torch.rand(1, 4, 64, 64), torch.full((1, 3, 8, 8), math.nan)):
-        with pytest.raises(ValueError):
-            codec.compress(model, bad)
+        with pytest.raises(ImageError):
+            codec.compress(bad)
 
 
 def test_model_without_tables_is_refused() -> None:
-    model = build_model("phase2", seed=0)
-    with pytest.raises(RuntimeError, match="update"):
-        codec.compress(model, smooth_image(32, 32, seed=6))
+    with pytest.raises(EntropyTableError, match="update"):
+        eager_codec(build_model("phase2", seed=0))

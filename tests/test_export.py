@@ -19,10 +19,11 @@ ort = pytest.importorskip("onnxruntime")
 from click.testing import CliRunner  # noqa: E402
 
 from hpcm.cli.export_cmds import export_main  # noqa: E402
-from hpcm.export.onnx_export import (  # noqa: E402
-    FORBIDDEN_OPS, ExportError, count_wkv_calls, export_model, graph_specs,
-)
+from hpcm.errors import ExportError  # noqa: E402
+from hpcm.export.artifact import WEIGHTS_NAME, ExportDir  # noqa: E402
+from hpcm.export.onnx_export import FORBIDDEN_OPS, export_model, graph_specs  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
+from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner, cpu_session  # noqa: E402
 from hpcm.plugins.biwkv.contract import CONTRACT  # noqa: E402
 
 SIZE = (128, 128)
@@ -36,7 +37,7 @@ def custom_export(tmp_path_factory):
     result = CliRunner().invoke(
         export_main,
         ["--variant", "phase2", "-o", str(out), "--wkv", "custom", "--opt-size", "128", "128",
-         "--graph", "step01", "--no-optimize"],
+         "--graph", "step01"],
     )
     assert result.exit_code == 0, result.output
     return out, result.output
@@ -45,8 +46,7 @@ def custom_export(tmp_path_factory):
 @pytest.fixture(scope="module")
 def decomposed_export(tmp_path_factory, phase2):
     out = tmp_path_factory.mktemp("decomposed")
-    manifest = export_model(phase2, out, wkv="decomposed", sizes=SIZE, graphs=["step01"], optimize=False,
-                            log=lambda _: None)
+    manifest = export_model(phase2, out, wkv="decomposed", size=SIZE, graphs=["step01"])
     return out, json.loads(manifest.read_text())
 
 
@@ -64,14 +64,14 @@ def test_cli_notices_untrained_weights(custom_export):
     _, output = custom_export
     assert "UNTRAINED" in output
     assert "[1/1] step01" in output
+    assert "torchvision" not in output
 
 
 def test_custom_node_contract(custom_export, phase2):
     out, _ = custom_export
     model = onnx.load(str(out / "step01.onnx"))
     nodes = _wkv_nodes(model)
-    spec = graph_specs(phase2, SIZE, names=["step01"])[0]
-    assert len(nodes) == count_wkv_calls(spec) == 1
+    assert len(nodes) == 1
     for node in nodes:
         assert node.domain == CONTRACT.domain
         attrs = {a.name: onnx.helper.get_attribute_value(a).decode() for a in node.attribute}
@@ -104,16 +104,15 @@ def test_manifest(custom_export):
     assert manifest["wkv_contract"]["op_type"] == CONTRACT.op_type
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnx"] == onnx.__version__
-    assert manifest["trained_weights"] is False
-    tables = out / manifest["entropy_tables"]["file"]  # the CLI computes the CDF tables once and ships them
-    assert hashlib.sha256(tables.read_bytes()).hexdigest() == manifest["entropy_tables"]["sha256"]
-    import numpy as np
-
+    assert manifest["trained_weights"] is False and manifest["seed"] == 0
+    tables = out / manifest["codec_file"]["file"]  # the CLI computes the CDF tables once and ships them
+    assert hashlib.sha256(tables.read_bytes()).hexdigest() == manifest["codec_file"]["sha256"]
     with np.load(tables) as stored:
         assert stored["quantized_cdf_y"].shape[0] == 60 and stored["quantized_cdf_z"].shape[0] == 256
+        assert stored["means_hyper"].shape == (1, 256, 1, 1)
     entry = manifest["graphs"]["step01"]
-    data = (out / entry["file"]).read_bytes()
-    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    data = (out / entry["file"]["file"]).read_bytes()
+    assert entry["file"]["sha256"] == hashlib.sha256(data).hexdigest()
     assert entry["wkv_nodes"] == 1
     assert entry["inputs"]["context_next"][1] == 640
     assert isinstance(entry["inputs"]["context_next"][0], str)
@@ -145,19 +144,20 @@ def test_decomposed_step_matches_eager(decomposed_export, phase2, size, batch):
 def test_other_variant_step_graph(tmp_path):
     """phase4's s3 prior holds two RWKV blocks: three WKV nodes in a s3 step graph."""
     model = build_model("phase4", seed=0).eval()
-    manifest = json.loads(export_model(model, tmp_path, wkv="custom", sizes=SIZE, graphs=["step05"],
-                                       optimize=False, log=lambda _: None).read_text())
+    model.update()
+    manifest = json.loads(export_model(model, tmp_path, wkv="custom", size=SIZE, graphs=["step05"]).read_text())
     onnx_model = onnx.load(str(tmp_path / "step05.onnx"))
     assert len(_wkv_nodes(onnx_model)) == 3 == manifest["graphs"]["step05"]["wkv_nodes"]
 
 
 def test_decomposed_refuses_large_decay(tmp_path):
     model = build_model("phase2", seed=0).eval()
+    model.update()
     with torch.no_grad():
         model.attn_s3.block.spatial_mix.decay[0] = 100.0
     with pytest.raises(ExportError, match="--wkv custom"):
-        export_model(model, tmp_path, wkv="decomposed", sizes=SIZE, graphs=["step01"], log=lambda _: None)
-    assert not list(tmp_path.glob("*.onnx"))
+        export_model(model, tmp_path / "out", wkv="decomposed", size=SIZE, graphs=["step01"])
+    assert not list(tmp_path.iterdir())  # nothing written, not even a partial folder
 
 
 def test_cli_errors(tmp_path):
@@ -175,8 +175,6 @@ def test_cli_errors(tmp_path):
 def test_custom_graph_runs_on_ort_extensions(custom_export, phase2):
     """The custom-node graph on CPU through onnxruntime-extensions (domain rewritten in a copy)."""
     pytest.importorskip("onnxruntime_extensions")
-    from hpcm.runtime.onnxruntime_backend import cpu_session
-
     out, _ = custom_export
     spec = graph_specs(phase2, OTHER_SIZE, batch=2, names=["step01"], seed=2)[0]
     with torch.no_grad():
@@ -190,7 +188,7 @@ def test_custom_graph_runs_on_ort_extensions(custom_export, phase2):
 
 def test_forward_needs_two_tiles(tmp_path, phase2):
     with pytest.raises(ExportError, match="at least 256x256"):
-        export_model(phase2, tmp_path, wkv="decomposed", sizes=SIZE, graphs=["forward"], log=lambda _: None)
+        export_model(phase2, tmp_path, wkv="decomposed", size=SIZE, graphs=["forward"])
 
 
 @pytest.mark.slow
@@ -199,7 +197,7 @@ def test_decomposed_forward_matches_eager(tmp_path, phase2):
 
     Exporting the forward takes 6-9 minutes on 2 cores (256x256 sample); HPCM_SKIP_SLOW_EXPORT=1 skips it
     for quick local runs, and HPCM_FORWARD_ONNX reuses an existing export
-    (``hpcm-export --wkv decomposed --graph forward --no-optimize``).
+    (``hpcm-export --wkv decomposed --graph forward``).
     """
     import os
 
@@ -207,8 +205,7 @@ def test_decomposed_forward_matches_eager(tmp_path, phase2):
     if not path:
         if os.environ.get("HPCM_SKIP_SLOW_EXPORT") == "1":
             pytest.skip("HPCM_SKIP_SLOW_EXPORT=1: the forward export takes 6-9 min on 2 cores")
-        export_model(phase2, tmp_path, wkv="decomposed", sizes=(256, 256), graphs=["forward"], optimize=False,
-                     log=lambda _: None)
+        export_model(phase2, tmp_path, wkv="decomposed", size=(256, 256), graphs=["forward"])
         path = tmp_path / "forward.onnx"
     session = _session(path)
     for size, batch in ((SIZE, 1), (OTHER_SIZE[::-1], 2)):
@@ -225,61 +222,81 @@ def test_decomposed_forward_matches_eager(tmp_path, phase2):
 @pytest.mark.parametrize("variant", ["baseline", "phase1", "phase2", "phase3", "phase4"])
 def test_every_variant_exports_and_matches_eager_at_two_sizes(tmp_path, variant):
     """One s3 step graph per variant (cross-attention, RWKV cell, RWKV prior) and the s2->s3
-    transition for phase3's RWKV fusion, exported once and run on ONNX Runtime at two image sizes."""
+    context fusion for phase3's RWKV fusion net, exported once and run on ONNX Runtime at two image sizes."""
     pytest.importorskip("onnxruntime_extensions")
-    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
     model = build_model(variant, seed=0).eval()
+    model.update()
     a = model.alignment
-    graphs = ["step06"] + (["transition_s2_s3"] if variant == "phase3" else [])
-    export_model(model, tmp_path, wkv="custom", sizes=(a, a), graphs=graphs, optimize=False, log=lambda _: None)
-    backend = OnnxRuntimeBackend(tmp_path)
-    for size in ((a, a), (a, 2 * a)):
-        for spec in graph_specs(model, size, names=graphs, seed=3):
-            with torch.no_grad():
-                expected = spec.module(*spec.inputs.values())
-            got = backend.run(spec.name, dict(spec.inputs))
-            for name, e in zip(spec.outputs, expected):
-                assert got[name].shape == e.shape
-                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max(), (variant, size, name)
+    graphs = ["step06"] + (["context_fusion_s3"] if variant == "phase3" else [])
+    export_model(model, tmp_path, wkv="custom", size=(a, a), graphs=graphs)
+    with OnnxRuntimeRunner(ExportDir.open(tmp_path)) as runner:
+        for size in ((a, a), (a, 2 * a)):
+            for spec in graph_specs(model, size, names=graphs, seed=3):
+                with torch.no_grad():
+                    expected = spec.module(*spec.inputs.values())
+                got = runner.run(spec.name, dict(spec.inputs))
+                for name, e in zip(spec.outputs, expected):
+                    assert got[name].shape == e.shape
+                    assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max(), (variant, size, name)
 
 
 def test_profile_sizes_are_recorded_and_checked(tmp_path):
     result = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(tmp_path), "--graph", "hyper_synthesis",
                                               "--opt-size", "256", "256", "--min-size", "128", "128",
-                                              "--max-size", "1024", "2048", "--no-optimize"])
+                                              "--max-size", "1024", "2048"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["profile"] == {"min": [128, 128], "opt": [256, 256], "max": [1024, 2048]}
+    assert manifest["profile"] == {"min": [128, 128], "opt": [256, 256], "max": [1024, 2048], "max_batch": 1}
     bad = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(tmp_path / "bad"), "--graph",
                                            "hyper_synthesis", "--max-size", "128", "128"])
-    assert bad.exit_code != 0 and "--max-size" in bad.output
+    assert bad.exit_code != 0 and "min <= opt <= max" in bad.output
 
 
 def test_graphs_share_one_weights_file(tmp_path, phase2):
     """Steps 5 and 6 run the same s3 prior: its tensors are stored once, and both graphs still run."""
-    from hpcm.export.shared_weights import WEIGHTS_NAME
-    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
-    manifest = json.loads(export_model(phase2, tmp_path, sizes=SIZE, graphs=["step05", "step06"], optimize=False,
-                                       log=lambda _: None).read_text())
+    manifest = json.loads(export_model(phase2, tmp_path, size=SIZE, graphs=["step05", "step06"]).read_text())
     weights = manifest["weights_file"]
     data = (tmp_path / WEIGHTS_NAME).read_bytes()
     assert weights["bytes"] == len(data) and weights["sha256"] == hashlib.sha256(data).hexdigest()
-    referenced = sum(manifest["graphs"][g]["external_bytes"] for g in ("step05", "step06"))
-    assert referenced == weights["referenced_bytes"]
-    assert len(data) < 0.7 * referenced  # the shared prior is stored once
+    referenced = 0
     for graph in ("step05", "step06"):
         entry = manifest["graphs"][graph]
-        assert entry["bytes"] < 0.05 * entry["external_bytes"]  # the .onnx keeps structure and offsets only
-        model = onnx.load(str(tmp_path / entry["file"]), load_external_data=False)
-        locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-        assert locations == {WEIGHTS_NAME}
+        model = onnx.load(str(tmp_path / entry["file"]["file"]), load_external_data=False)
+        external = [{e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data]
+        assert {e["location"] for e in external} == {WEIGHTS_NAME}
+        graph_bytes = sum(int(e["length"]) for e in external)
+        assert entry["file"]["bytes"] < 0.05 * graph_bytes  # the .onnx keeps structure and offsets only
+        referenced += graph_bytes
+    assert len(data) < 0.7 * referenced  # the shared prior is stored once
     assert manifest["graphs"]["step05"]["weights_sha256"] != manifest["graphs"]["step06"]["weights_sha256"]
-    backend = OnnxRuntimeBackend(tmp_path)
-    for spec in graph_specs(phase2, SIZE, names=["step05", "step06"], seed=1):
+    with OnnxRuntimeRunner(ExportDir.open(tmp_path)) as runner:
+        for spec in graph_specs(phase2, SIZE, names=["step05", "step06"], seed=1):
+            with torch.no_grad():
+                expected = spec.module(*spec.inputs.values())
+            got = runner.run(spec.name, dict(spec.inputs))
+            for name, e in zip(spec.outputs, expected):
+                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
+
+
+def test_step_graphs_of_one_scale_are_cloned_exactly(tmp_path, phase2):
+    """step06 cloned from the traced step05 (renamed adaptor and adaptive parameter, every value from
+    the model) is the graph tracing step06 gives: same nodes, same initializers, same outputs."""
+    export_model(phase2, tmp_path / "both", size=SIZE, graphs=["step05", "step06"])
+    export_model(phase2, tmp_path / "alone", size=SIZE, graphs=["step06"])
+    cloned = onnx.load(str(tmp_path / "both" / "step06.onnx"))
+    traced = onnx.load(str(tmp_path / "alone" / "step06.onnx"))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in cloned.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in traced.graph.node]
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in traced.graph.initializer}
+    assert {t.name for t in cloned.graph.initializer} == set(initializers)
+    assert "model.y_spatial_prior_adaptor_list_s3.0.weight" in initializers  # step06 uses adaptor 0
+    for tensor in cloned.graph.initializer:
+        assert np.array_equal(onnx.numpy_helper.to_array(tensor), initializers[tensor.name]), tensor.name
+    spec = graph_specs(phase2, SIZE, names=["step06"], seed=5)[0]
+    feed = {k: v.numpy() for k, v in spec.inputs.items()}
+    for folder in ("both", "alone"):
         with torch.no_grad():
             expected = spec.module(*spec.inputs.values())
-        got = backend.run(spec.name, dict(spec.inputs))
-        for name, e in zip(spec.outputs, expected):
-            assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
+        got = cpu_session(tmp_path / folder / "step06.onnx").run(None, feed)
+        for e, g in zip(expected, got):
+            assert np.abs(g - e.numpy()).max() <= 1e-5 * np.abs(e.numpy()).max()

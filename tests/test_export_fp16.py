@@ -15,10 +15,14 @@ pytest.importorskip("onnxruntime_extensions")
 from click.testing import CliRunner  # noqa: E402
 
 from hpcm.cli.export_cmds import export_main  # noqa: E402
-from hpcm.export.onnx_export import GRAPH_KINDS, ExportError, export_model, graph_specs  # noqa: E402
+from hpcm.codec import Codec  # noqa: E402
+from hpcm.errors import ExportError  # noqa: E402
+from hpcm.export.artifact import ExportDir  # noqa: E402
+from hpcm.export.onnx_export import export_model, graph_specs  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
 from hpcm.plugins.biwkv.contract import CONTRACT  # noqa: E402
-from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from hpcm.runtime.runners.eager import EagerRunner  # noqa: E402
+from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 
 SIZE = (128, 128)
 FLOAT = onnx.TensorProto.FLOAT
@@ -33,7 +37,7 @@ def fp16_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("fp16")
     result = CliRunner().invoke(export_main, ["--variant", "phase2", "-o", str(out), "--precision", "fp16",
                                               "--opt-size", "128", "128", "--graph", "step06",
-                                              "--graph", "synthesis", "--no-optimize"])
+                                              "--graph", "synthesis"])
     assert result.exit_code == 0, result.output
     assert "fp16 vs float32 eager" in result.output
     return out
@@ -66,40 +70,38 @@ def test_fp16_manifest_records_precision_and_error(fp16_export):
 @pytest.mark.parametrize("size", [SIZE, (128, 256)])
 def test_fp16_graphs_on_onnxruntime_match_float32_eager(fp16_export, phase2, size):
     """Close to float32 eager, but not equal: the graphs really compute in float16."""
-    backend = OnnxRuntimeBackend(fp16_export)
-    for spec in graph_specs(phase2, size, names=["step06", "synthesis"], seed=4):
-        with torch.no_grad():
-            expected = spec.module(*spec.inputs.values())
-        expected = (expected,) if isinstance(expected, torch.Tensor) else expected
-        got = backend.run(spec.name, dict(spec.inputs))
-        for name, e in zip(spec.outputs, expected):
-            error = float((got[name] - e).abs().max()) / float(e.abs().max())
-            assert 1e-6 < error < FP16_RELATIVE, (spec.name, name, error)
+    with OnnxRuntimeRunner(ExportDir.open(fp16_export)) as runner:
+        for spec in graph_specs(phase2, size, names=["step06", "synthesis"], seed=4):
+            with torch.no_grad():
+                expected = spec.module(*spec.inputs.values())
+            got = runner.run(spec.name, dict(spec.inputs))
+            for name, e in zip(spec.outputs, expected):
+                error = float((got[name] - e).abs().max()) / float(e.abs().max())
+                assert 1e-6 < error < FP16_RELATIVE, (spec.name, name, error)
 
 
 def test_fp16_overflow_is_refused(tmp_path):
     model = build_model("phase2", seed=0).eval()
+    model.update()
     with torch.no_grad():
         next(model.h_s.parameters()).mul_(1e6)  # activations far beyond float16's 65504
     with pytest.raises(ExportError, match="not finite"):
-        export_model(model, tmp_path, precision="fp16", sizes=SIZE, graphs=["hyper_synthesis"], optimize=False,
-                     log=lambda _: None)
+        export_model(model, tmp_path, precision="fp16", size=SIZE, graphs=["hyper_synthesis"])
 
 
 def test_fp16_codec_round_trips_on_its_own_backend(tmp_path):
     """Every codec graph in fp16 on ONNX Runtime: its own streams decode; ``hpcm check`` reports the
     cross-backend routes without judging them."""
     from hpcm.runtime.check import Tolerances, check_export
-    from hpcm.runtime.export_loading import load_export_model
 
-    model = build_model("phase2", seed=0)
+    model = build_model("phase2", seed=0).eval()
     model.update()
-    export_model(model, tmp_path, precision="fp16", sizes=SIZE, graphs=[g for g in GRAPH_KINDS if g != "forward"],
-                 optimize=False, seed=0, trained=False, log=lambda _: None)
-    eager = load_export_model(tmp_path)
+    export_model(model, tmp_path, precision="fp16", size=SIZE, seed=0)
+    export = ExportDir.open(tmp_path)
     image = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
-    report = check_export(eager, OnnxRuntimeBackend(tmp_path), [("random", image)], Tolerances(max_abs_error=5e-2),
-                          log=lambda _: None)
+    with OnnxRuntimeRunner(export) as runner, EagerRunner(model) as eager:
+        report = check_export(Codec(eager, export.codec_parameters), Codec(runner, export.codec_parameters),
+                              [("random", image)], Tolerances(max_abs_error=5e-2), precision="fp16")
     assert report["precision"] == "fp16" and not report["cross_backend_decodes_judged"]
     assert report["codec"][0]["backend_to_backend"]["ok"], report["codec"][0]
     assert report["passed"], report["failures"]
@@ -114,15 +116,15 @@ def test_fp16_forward_matches_float32_eager(tmp_path, phase2):
 
     if os.environ.get("HPCM_SKIP_SLOW_EXPORT") == "1":
         pytest.skip("HPCM_SKIP_SLOW_EXPORT=1: the forward export takes about 7 min on 2 cores")
-    manifest = json.loads(export_model(phase2, tmp_path, precision="fp16", sizes=(256, 256), graphs=["forward"],
-                                       optimize=False, log=lambda _: None).read_text())
+    manifest = json.loads(export_model(phase2, tmp_path, precision="fp16", size=(256, 256),
+                                       graphs=["forward"]).read_text())
     assert manifest["graphs"]["forward"]["error_vs_float32"]["x_hat"]["relative"] < FP16_RELATIVE
-    backend = OnnxRuntimeBackend(tmp_path)
+    runner = OnnxRuntimeRunner(ExportDir.open(tmp_path)).activate()
     for size, batch in ((SIZE, 1), ((256, 128), 2)):
         x = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(6))
         with torch.no_grad():
             expected = phase2(x, training=False)
-        got = backend.run("forward", {"x": x})
+        got = runner.run("forward", {"x": x})
         assert (got["x_hat"] - expected["x_hat"]).abs().max() <= 2e-3
         for name in ("y", "z"):
             reference = expected["likelihoods"][name]

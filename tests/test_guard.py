@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from hpcm.models.cdf_tables import default_scale_table, scale_indexes
-from hpcm.runtime.errors import BitstreamError
-from hpcm.runtime.guard import GuardReader, GuardWriter
+from hpcm.errors import BitstreamError
+from hpcm.codec.guard import GuardReader, GuardWriter
 
 
 def _scales(n: int, seed: int) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """The codec end to end on ONNX Runtime (custom Bi-WKV node via onnxruntime-extensions) against eager."""
 
-import warnings
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -11,33 +10,45 @@ from click.testing import CliRunner
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxruntime_extensions")
 
-from hpcm.export.onnx_export import GRAPH_KINDS, export_model  # noqa: E402
+from hpcm.cli import main  # noqa: E402
+from hpcm.codec import BackendMismatchWarning, Codec  # noqa: E402
+from hpcm.config import default_image_folder  # noqa: E402
+from hpcm.errors import ArtifactError, BitstreamError  # noqa: E402
+from hpcm.export.artifact import ExportDir  # noqa: E402
+from hpcm.export.onnx_export import export_model  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
-from hpcm.runtime.codec import BackendMismatchWarning, compress, decompress_with_state  # noqa: E402
-from hpcm.runtime.errors import BitstreamError  # noqa: E402
-from hpcm.runtime.export_loading import load_export_model  # noqa: E402
-from hpcm.runtime.graph_model import GraphModel  # noqa: E402
-from hpcm.runtime.mismatch import count_mismatches, stepping_backend  # noqa: E402
-from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from hpcm.models.checkpoint import save_checkpoint  # noqa: E402
+from hpcm.runtime.mismatch import count_mismatches  # noqa: E402
+from hpcm.runtime.runners.eager import EagerRunner  # noqa: E402
+from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
+from hpcm.runtime.session import codec_parameters, eager_codec  # noqa: E402
 
-KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
-CODEC_GRAPHS = [g for g in GRAPH_KINDS if g != "forward"]
+KODAK = default_image_folder()
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
+def checkpoint(tmp_path_factory):
     model = build_model("phase2", seed=0)
     model.update()
-    out = tmp_path_factory.mktemp("phase2_onnx")
-    export_model(model, out, wkv="custom", sizes=(256, 256), graphs=CODEC_GRAPHS, optimize=False,
-                 seed=0, trained=False, log=lambda s: None)
+    return save_checkpoint(model, tmp_path_factory.mktemp("weights") / "phase2.pth")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, checkpoint):
+    """The default export (the codec's graphs) of a checkpoint, through hpcm-export."""
+    out = tmp_path_factory.mktemp("exports") / "phase2"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out)])
+    assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
-def models(export_dir):
-    eager = load_export_model(export_dir)
-    return eager, GraphModel(eager, OnnxRuntimeBackend(export_dir))
+def codecs(export_dir):
+    """(eager codec on the export's weights, codec on the export's graphs on ONNX Runtime)."""
+    export = ExportDir.open(export_dir)
+    model = build_model("phase2", seed=0).eval()
+    parameters = codec_parameters(model, export)
+    return Codec(EagerRunner(model).activate(), parameters), Codec(OnnxRuntimeRunner(export).activate(), parameters)
 
 
 def _kodak_sized():
@@ -54,102 +65,120 @@ def _kodak_sized():
 
 
 def test_export_weights_must_match(export_dir):
-    other = build_model("phase2", seed=1)
-    with pytest.raises(ValueError, match="other weights"):
-        GraphModel(other, OnnxRuntimeBackend(export_dir))
+    with pytest.raises(ArtifactError, match="other weights"):
+        codec_parameters(build_model("phase2", seed=1), ExportDir.open(export_dir))
 
 
-def test_same_backend_round_trips_on_onnxruntime(models):
-    eager, on_ort = models
-    x = torch.rand(1, 3, 200, 300, generator=torch.Generator().manual_seed(2))
-    data = compress(on_ort, x)
-    decoded = decompress_with_state(on_ort, data)
-    assert decoded.x_hat.shape == x.shape
-    reference = decompress_with_state(eager, compress(eager, x))
-    assert (decoded.x_hat - reference.x_hat).abs().max() < 1e-4
+def test_the_export_folder_alone_is_the_codec(export_dir, checkpoint, tmp_path):
+    """Copied elsewhere, without the checkpoint, the folder encodes and decodes on ONNX Runtime, and
+    eager PyTorch on the same weights decodes its stream."""
+    moved = tmp_path / "elsewhere" / "phase2"
+    shutil.copytree(export_dir, moved)
+    weights = tmp_path / "phase2.pth"
+    shutil.move(checkpoint, weights)  # the checkpoint is gone for the duration of the test
+    try:
+        export = ExportDir.open(moved)
+        x = torch.rand(1, 3, 200, 300, generator=torch.Generator().manual_seed(2))
+        with OnnxRuntimeRunner(export) as runner:
+            on_ort = Codec(runner, export.codec_parameters)
+            data = on_ort.compress(x).data
+            decoded = on_ort.decompress(data)
+        assert decoded.x_hat.shape == x.shape
+    finally:
+        shutil.move(weights, checkpoint)
+    model = build_model("phase2", seed=0).eval()
+    model.update()
+    with pytest.warns(BackendMismatchWarning):
+        on_eager = eager_codec(model).decompress(data)
+    assert (on_eager.x_hat - decoded.x_hat).abs().max() < 1e-4
 
 
-def test_cross_backend_on_kodak_sized_input(models):
+def test_export_folder_is_written_transactionally(export_dir, tmp_path):
+    """A failed export leaves neither a folder nor a partial one, and never touches an existing export."""
+    target = tmp_path / "export"
+    shutil.copytree(export_dir, target)
+    before = sorted(p.name for p in target.iterdir())
+    model = build_model("phase2", seed=0).eval()  # no entropy tables: the export refuses it
+    with pytest.raises(Exception, match="update"):
+        export_model(model, target, graphs=["synthesis"])
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["export"]
+
+
+def test_cross_backend_on_kodak_sized_input(codecs):
     """Encode on one backend, decode on the other, at Kodak size. Graph outputs agree to ~1e-7 and
     the unguarded bucket indexes agree exactly here (measured: 0 of 491,520 for this unoptimised
     export; the onnxscript-optimised export flipped 1 on kodim01). The boundary guard makes the
     decode exact either way: every symbol is decoded as encoded, so y_hat differs from the encoder's
     only by the backends' ~1e-7 difference in the means added back."""
-    eager, on_ort = models
+    eager, on_ort = codecs
     name, x = _kodak_sized()
-    report = count_mismatches(eager, [(name, x)], {"eager": stepping_backend(eager), "ort": stepping_backend(on_ort)})
+    report = count_mismatches({"eager": eager, "ort": on_ort}, [(name, x)])
     totals = report["totals"]["ort"]
     assert (totals["symbols"], totals["mismatches"], totals["unguarded_mismatches"]) == (491_520, 0, 0)
     for encoder, decoder in ((eager, on_ort), (on_ort, eager)):
-        from hpcm.runtime.codec import compress_with_state
-
-        encoded = compress_with_state(encoder, x)
+        encoded = encoder.compress(x)
         with pytest.warns(BackendMismatchWarning):
-            decoded = decompress_with_state(decoder, encoded.data)
+            decoded = decoder.decompress(encoded.data)
         assert (decoded.y_hat - encoded.y_hat).abs().max() < 1e-5
         assert decoded.x_hat.shape == x.shape
 
 
-def test_unguarded_stream_fails_loudly_when_a_bucket_flips(models):
+def test_unguarded_stream_fails_loudly_when_a_bucket_flips(codecs):
     """Without the guard a single flipped bucket breaks the stream; the decoder must raise, never
-    return a wrong image. A decoder whose scales are nudged across one boundary plays the other backend."""
-    eager, _ = models
+    return a wrong image. A runner whose scales are nudged across one boundary plays the other backend."""
+    eager, _ = codecs
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
-    data = compress(eager, x, guard_epsilon=0.0)
+    data = eager.compress(x, guard_epsilon=0.0).data
+    bounds = eager.parameters.tables.scale_table[:-1]
 
     class Nudged:
-        def __init__(self, model):
-            self.model = model
-            self.calls = 0
+        """Of the scales step 6 codes, the one nearest to a bucket boundary moved just across it."""
 
-        def __getattr__(self, name):
-            return getattr(self.model, name)
+        def __init__(self, runner):
+            self.runner, self.device, self.fingerprint = runner, runner.device, runner.fingerprint
 
-        def step_parameters(self, state, step):
-            scales, means = self.model.step_parameters(state, step)
-            if step == 6:
-                table = self.model.scale_table
-                bounds = table[:-1].to(scales.dtype)
-                # move the scale nearest to a boundary just across it
-                flat = scales.reshape(-1)
+        def run(self, graph, inputs):
+            outputs = dict(self.runner.run(graph, inputs))
+            if graph == "step06":
+                flat = outputs["scales"].reshape(-1).clone()
+                coded = eager.schedule.step_mask(6).full(outputs["scales"]).reshape(-1) > 0
                 rel = (flat[:, None] / bounds[None] - 1).abs()
+                rel[~coded] = float("inf")
                 pos = int(rel.min(1).values.argmin())
                 j = int(rel[pos].argmin())
-                flat = flat.clone()
                 flat[pos] = bounds[j] * (0.999999 if flat[pos] > bounds[j] else 1.000001)
-                scales = flat.reshape(scales.shape)
-            return scales, means
+                outputs["scales"] = flat.reshape(outputs["scales"].shape)
+            return outputs
 
     with pytest.raises(BitstreamError):
-        decompress_with_state(Nudged(eager), data)
+        Codec(Nudged(eager.runner), eager.parameters).decompress(data)
 
 
-def test_check_command_reports_and_exits(export_dir, tmp_path):
-    from hpcm.cli import main
-
+def test_check_command_reports_and_exits(export_dir, checkpoint, tmp_path):
     report = tmp_path / "report.json"
-    result = CliRunner().invoke(main, ["check", str(export_dir), "--limit", "1", "--crop", "256",
+    result = CliRunner().invoke(main, ["check", str(export_dir), "-c", str(checkpoint), "--limit", "1", "--crop", "256",
                                        "--images", str(tmp_path / "none"), "--report", str(report),
-                                       "--graph", "step05", "--graph", "transition_s1_s2"])
+                                       "--graph", "step05", "--graph", "context_fusion_s2"])
     assert "step05" in result.output and "scale-index mismatches" in result.output
     assert report.is_file()
     import json
 
     data = json.loads(report.read_text())
-    assert set(data["graphs"]) == {"step05", "transition_s1_s2"}
+    assert set(data["graphs"]) == {"step05", "context_fusion_s2"}
     assert data["graphs"]["step05"][0]["outputs"]["scales"]["max"] < 1e-4
-    assert result.exit_code == (0 if data["passed"] else 1)
-    strict = CliRunner().invoke(main, ["check", str(export_dir), "--limit", "1", "--crop", "256",
+    assert data["passed"] and result.exit_code == 0, result.output
+    strict = CliRunner().invoke(main, ["check", str(export_dir), "-c", str(checkpoint), "--limit", "1", "--crop", "256",
                                        "--images", str(tmp_path / "none"), "--graph", "step05",
                                        "--max-abs-error", "0"])
     assert strict.exit_code != 0 and "step05" in strict.output
+    trained = CliRunner().invoke(main, ["check", str(export_dir), "--limit", "1"])
+    assert trained.exit_code != 0 and "--checkpoint" in trained.output  # no reference weights to compare with
 
 
-def test_encode_and_decode_commands_on_the_export(export_dir, tmp_path):
+def test_encode_and_decode_commands_on_the_export(export_dir, checkpoint, tmp_path):
     """``hpcm encode/decode --export DIR``: the CLI codec on ONNX Runtime, decodable by eager PyTorch too."""
     from PIL import Image
-
-    from hpcm.cli import main
 
     g = torch.Generator().manual_seed(7)
     pixels = (torch.rand(1, 3, 24, 40, generator=g) * 255).round().to(torch.uint8)
@@ -160,7 +189,7 @@ def test_encode_and_decode_commands_on_the_export(export_dir, tmp_path):
                                    "-o", str(tmp_path / "in.hpcm")])
     assert encoded.exit_code == 0, encoded.output
     assert "onnxruntime" in encoded.output
-    for extra, name in ((["--export", str(export_dir)], "graphs.png"), ([], "eager.png")):
+    for extra, name in ((["--export", str(export_dir)], "graphs.png"), (["-c", str(checkpoint)], "eager.png")):
         decoded = runner.invoke(main, ["decode", str(tmp_path / "in.hpcm"), "-o", str(tmp_path / name), *extra])
         assert decoded.exit_code == 0, decoded.output
     graphs = np.asarray(Image.open(tmp_path / "graphs.png"), dtype=np.int16)
@@ -171,4 +200,4 @@ def test_encode_and_decode_commands_on_the_export(export_dir, tmp_path):
     assert conflict.exit_code != 0 and "exclude each other" in conflict.output
     missing = runner.invoke(main, ["decode", str(tmp_path / "in.hpcm"), "--export", str(tmp_path), "-o",
                                    str(tmp_path / "x.png")])
-    assert missing.exit_code != 0 and "hpcm-export directory" in missing.output
+    assert missing.exit_code != 0 and "hpcm-export folder" in missing.output

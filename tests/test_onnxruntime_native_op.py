@@ -82,22 +82,23 @@ def test_wrong_shapes_are_reported(library):
 
 def test_exported_graph_runs_natively(library, tmp_path, phase2):
     """A step graph on the backend's native route: no domain rewrite, same results as eager."""
+    from hpcm.export.artifact import ExportDir
     from hpcm.export.onnx_export import export_model, graph_specs
-    from hpcm.runtime import onnxruntime_backend
-    from hpcm.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner, wkv_op_route
 
-    assert onnxruntime_backend.wkv_op_route() == "native"
-    export_model(phase2, tmp_path, sizes=(128, 128), graphs=["step06"], optimize=False, log=lambda _: None)
-    backend = OnnxRuntimeBackend(tmp_path)
-    assert "wkv-custom-native" in backend.fingerprint
+    assert wkv_op_route() == "native"
+    export_model(phase2, tmp_path, size=(128, 128), graphs=["step06"])
+    runner = OnnxRuntimeRunner(ExportDir.open(tmp_path))
+    assert "wkv-custom-native" in runner.fingerprint
     assert json.loads((tmp_path / "manifest.json").read_text())["graphs"]["step06"]["wkv_nodes"] == 1
-    for size in ((128, 128), (128, 256)):
-        (spec,) = graph_specs(phase2, size, names=["step06"], seed=3)
-        with torch.no_grad():
-            expected = spec.module(*spec.inputs.values())
-        got = backend.run("step06", dict(spec.inputs))
-        for name, e in zip(spec.outputs, expected):
-            assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
+    with runner:
+        for size in ((128, 128), (128, 256)):
+            (spec,) = graph_specs(phase2, size, names=["step06"], seed=3)
+            with torch.no_grad():
+                expected = spec.module(*spec.inputs.values())
+            got = runner.run("step06", dict(spec.inputs))
+            for name, e in zip(spec.outputs, expected):
+                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
 
 
 def test_missing_header_says_what_to_set(monkeypatch, tmp_path):

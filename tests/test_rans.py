@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hpcm.models.cdf_tables import default_scale_table, quantized_cdf_tables, scale_indexes
-from hpcm.runtime import rans
-from hpcm.runtime.errors import BitstreamError
-from hpcm.runtime.rans import (
+from hpcm.codec import rans
+from hpcm.errors import BitstreamError
+from hpcm.codec.rans import (
     MAX_ABS_VALUE,
     CdfTables,
     RansDecoder,

@@ -1,7 +1,8 @@
 """``hpcm`` command line: model tools, codec, export and deployment commands.
 
 Each command module lists its click commands in ``commands``; heavy imports stay inside the
-commands so that ``hpcm --help`` is instant (as in Polygraphy).
+commands so that ``hpcm --help`` is instant (as in Polygraphy). Every project error
+(``hpcm.errors.HPCMError``) is reported here, once, as one line; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import importlib
 
 import click
 
+from .framework import ProjectGroup
+
 COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds", "hpcm.cli.deploy_cmds")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ProjectGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="hpcm-rwkv")
 def main() -> None:
     """HPCM learned image codecs with bi-directional RWKV context models.

@@ -1,87 +1,73 @@
-"""Deployment commands: ``hpcm build`` (TensorRT engines from an export directory)."""
+"""Deployment commands: ``hpcm check`` (an export against eager PyTorch) and ``hpcm build`` (TensorRT engines)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import click
 
+from .options import (checkpoint_option, device_option, image_folder, images_options, load_model, open_export,
+                      size_options)
 
-def _size(value: tuple[int, int] | None) -> tuple[int, int] | None:
-    return tuple(value) if value else None
 
+def _reference_model(export, checkpoint: Optional[Path]):  # noqa: ANN001, ANN202 - ExportDir -> HPCM
+    """The eager model the export was made from: ``checkpoint``, or the manifest's seeded model."""
+    from hpcm.errors import ArtifactError
+    from hpcm.models import build_model
 
-@click.command()
-@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="engine precision (default: the export's). fp16 engines do not reproduce float32 scale indexes: "
-                   "encoder and decoder must share the engine")
-@click.option("--min-size", nargs=2, type=int, help="smallest image (H W) the engines accept; default: the export's")
-@click.option("--opt-size", nargs=2, type=int, help="image size (H W) TensorRT tunes for; default: the export's")
-@click.option("--max-size", nargs=2, type=int, help="largest image (H W) the engines accept; default: the export's")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="engine cache (default ~/.cache/hpcm-rwkv/engines)")
-@click.option("--plugin", type=click.Path(path_type=Path), help="libhpcm_biwkv_trt_plugin.so (default: build/)")
-def build(export_dir: Path, precision: str | None, min_size, opt_size, max_size, cache_dir: Path | None,
-          plugin: Path | None) -> None:
-    """Build (or find in the cache) a TensorRT engine for every graph of EXPORT_DIR.
-
-    Engines are cached under a key of ONNX hash, TensorRT version, GPU name and compute capability,
-    plugin library hash, profile and precision, so a change of any of them builds anew.
-    """
-    import json
-
-    from hpcm.runtime.tensorrt_backend import Profile, TensorRTBackend, TensorRTError
-
-    manifest = json.loads((export_dir / "manifest.json").read_text())
-    exported = manifest.get("profile") or {k: manifest["sample_size"] for k in ("min", "opt", "max")}
-    profile = Profile(_size(min_size) or tuple(exported["min"]), _size(opt_size) or tuple(exported["opt"]),
-                      _size(max_size) or tuple(exported["max"]))
-    try:
-        backend = TensorRTBackend(export_dir, precision=precision, profile=profile, cache_dir=cache_dir,
-                                  plugin=plugin, log=click.echo)
-        for path in backend.build_all():
-            click.echo(f"engine {path}")
-    except (TensorRTError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    manifest = export.manifest
+    if checkpoint is not None:
+        return load_model(None, checkpoint, tables=False)
+    if manifest.seed is None:
+        source = f" ({manifest.source})" if manifest.source else ""
+        raise ArtifactError(f"{export.path} holds trained weights{source}: pass the checkpoint it was exported "
+                            "from with --checkpoint to compare against")
+    return build_model(manifest.variant, seed=int(manifest.seed)).eval()
 
 
 @click.command()
-@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider (TensorRT always runs on CUDA)")
-@click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="weights the export was made from")
-@click.option("--images", type=click.Path(path_type=Path), help="folder of images (default ../shared/data/kodak)")
-@click.option("--limit", default=2, show_default=True, help="number of images")
-@click.option("--crop", type=int, help="top-left crop side in pixels (faster checks)")
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="the runner of the export's graphs to check")
+@device_option
+@checkpoint_option
+@images_options
 @click.option("--graph", "graphs", multiple=True, help="check only these graphs (default: all in the export)")
 @click.option("--max-abs-error", default=1e-3, show_default=True,
               help="per-graph tolerance against float32 eager (forward is reported only); fp16 exports need ~5e-2")
 @click.option("--max-index-mismatches", default=0, show_default=True,
               help="scale-index flips outside the boundary guard (those break streams)")
 @click.option("--max-psnr-diff", default=0.01, show_default=True, help="dB, cross-backend decodes vs eager")
-@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
-def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, images: Path | None, limit: int,
-          crop: int | None, graphs: tuple[str, ...], max_abs_error: float, max_index_mismatches: int,
-          max_psnr_diff: float, report_path: Path | None) -> None:
-    """Compare an export on a backend with eager PyTorch: every graph, the codec across backends, and
-    scale-index mismatches per step. Exits non-zero when a tolerance is exceeded."""
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="write the JSON report here")
+def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Optional[Path], images: Optional[Path],
+          limit: int, crop: Optional[int], graphs: tuple[str, ...], max_abs_error: float, max_index_mismatches: int,
+          max_psnr_diff: float, report_path: Optional[Path]) -> None:
+    """Compare an export on a backend with eager PyTorch on the same weights (on the same device):
+    every graph, the codec across backends, and scale-index mismatches per step. Exits non-zero when
+    a tolerance is exceeded."""
     import json
 
+    from hpcm.codec import Codec
+    from hpcm.codec.images import load_folder
+    from hpcm.files import atomic_output, check_output
     from hpcm.runtime.check import Tolerances, check_export
-    from hpcm.runtime.export_loading import open_export
-    from hpcm.runtime.mismatch import load_images
+    from hpcm.runtime.runners.eager import EagerRunner
+    from hpcm.runtime.session import codec_parameters, open_runner
 
-    try:
-        model, runner = open_export(export_dir, backend, device, checkpoint, log=click.echo)
-        folder = images or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kodak"
-        if not folder.is_dir():
-            click.echo(f"{folder} not found: using synthetic images", err=True)
-        pictures = load_images(folder, limit, crop)
-        report = check_export(model, runner, pictures, Tolerances(max_abs_error, max_index_mismatches, max_psnr_diff),
-                              graphs=list(graphs) or None, log=click.echo)
-    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    if report_path is not None:
+        check_output(report_path)
+    export = open_export(export_dir)
+    click.echo(export.describe())
+    model = _reference_model(export, checkpoint)
+    parameters = codec_parameters(model, export)
+    pictures = load_folder(image_folder(images), limit, crop)
+    runner = open_runner(backend, export=export, device=device)
+    with runner, EagerRunner(model, device=str(runner.device)) as eager:
+        report = check_export(Codec(eager, parameters), Codec(runner, parameters), pictures,
+                              Tolerances(max_abs_error, max_index_mismatches, max_psnr_diff),
+                              graphs=list(graphs) or None, precision=export.manifest.precision)
     for graph, runs in report["graphs"].items():
         worst = {k: max(r["outputs"][k]["max"] for r in runs) for k in runs[0]["outputs"]}
         click.echo(f"  {graph:<18} " + "  ".join(f"{k} max {v:.2e}" for k, v in worst.items()))
@@ -96,11 +82,40 @@ def check(export_dir: Path, backend: str, device: str, checkpoint: Path | None, 
     click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols, "
                f"{totals['unguarded_mismatches']} outside the boundary guard")
     if report_path:
-        report_path.write_text(json.dumps(report, indent=2))
+        with atomic_output(report_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {report_path}")
     if not report["passed"]:
         raise click.ClickException("check failed: " + "; ".join(report["failures"]))
     click.echo("check passed")
+
+
+@click.command()
+@click.argument("export_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="engine precision (default: the export's). fp16 engines do not reproduce float32 scale indexes: "
+                   "encoder and decoder must share the engine")
+@size_options("the engines (default: the export's profile)")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="engine cache (default $HPCM_ENGINE_CACHE, else ~/.cache/hpcm-rwkv/engines)")
+@click.option("--plugin", type=click.Path(dir_okay=False, path_type=Path),
+              help="libhpcm_biwkv_trt_plugin.so (default $HPCM_BIWKV_PLUGIN, else build/)")
+@device_option
+def build(export_dir: Path, precision: Optional[str], min_size, opt_size, max_size, cache_dir: Optional[Path],  # noqa: ANN001
+          plugin: Optional[Path], device: Optional[str]) -> None:
+    """Build (or find in the cache) a TensorRT engine for every graph of EXPORT_DIR.
+
+    Engines are cached under a key of ONNX and weights hashes, TensorRT version, GPU name and compute
+    capability, plugin library hash, profile and precision, so a change of any of them builds anew.
+    """
+    from hpcm.runtime.runners.tensorrt import TensorRTRunner
+
+    export = open_export(export_dir)
+    profile = export.manifest.profile.with_sizes(min_size, opt_size, max_size)
+    runner = TensorRTRunner(export, device=device, precision=precision, profile=profile, cache_dir=cache_dir,
+                            plugin=plugin)
+    for path in runner.build_all():
+        click.echo(f"engine {path}")
 
 
 commands = [build, check]

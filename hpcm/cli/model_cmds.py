@@ -6,34 +6,27 @@ from pathlib import Path
 
 import click
 
-
-def variant_option(default: str | None = "phase2"):
-    return click.option(
-        "--variant", "-v", default=default, show_default=True,
-        help="baseline, phase1, phase2, phase3, phase4, or a variant .json file",
-    )
+from .options import load_model, variant_option
 
 
-def _load(variant: str | None, checkpoint: Path | None):
+def _load(variant: str | None, checkpoint: Path | None):  # noqa: ANN202 - an HPCM
+    """The checkpoint's model, or the seeded untrained variant; entropy tables are not needed here."""
+    from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
     from hpcm.models import build_model
-    from hpcm.models.checkpoint import CheckpointError, load_checkpoint
 
-    try:
-        if checkpoint:
-            return load_checkpoint(checkpoint, variant)
-        return build_model(variant or "phase2", seed=0)
-    except (CheckpointError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    if checkpoint:
+        return load_model(variant, checkpoint, tables=False)
+    return build_model(variant or DEFAULT_VARIANT, seed=DEFAULT_SEED)
 
 
 @click.command()
-@variant_option(default=None)
+@variant_option()
 @click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="read the variant and weights from here")
 def info(variant: str | None, checkpoint: Path | None) -> None:
     """Print the parameters of every module of a variant and the total."""
     from hpcm.models.checkpoint import parameter_table
 
-    model = _load(variant or (None if checkpoint else "phase2"), checkpoint)
+    model = _load(variant, checkpoint)
     spec = model.spec
     click.echo(f"variant {spec.name}: {spec.description}")
     click.echo(f"M={spec.M} N={spec.N}, image sides must be multiples of {model.alignment} px")
@@ -53,10 +46,7 @@ def convert(source: Path, target: str, source_variant: str | None, output: Path,
     from hpcm.models.checkpoint import convert_model, save_checkpoint
 
     model = _load(source_variant, source)
-    try:
-        converted, report = convert_model(model, target, seed=seed)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    converted, report = convert_model(model, target, seed=seed)
     save_checkpoint(converted, output)
     click.echo(f"{model.spec.name} -> {converted.spec.name}: {report.summary()}")
     click.echo(f"wrote {output}")
@@ -81,10 +71,7 @@ def train(images: Path, variant: str, checkpoint: Path | None, output: Path, ste
 
     model = _load(variant, checkpoint)
     config = TrainConfig(images=images, steps=steps, batch_size=batch_size, crop=crop, lmbda=lmbda, lr=lr, device=device)
-    try:
-        run(model, config, log=click.echo)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    run(model, config, log=click.echo)
     save_checkpoint(model.cpu(), output)
     click.echo(f"wrote {output}")
 

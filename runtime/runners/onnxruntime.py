@@ -1,4 +1,7 @@
-"""Run exported graphs on ONNX Runtime (CPU), including graphs with the custom Bi-WKV node.
+"""ONNX Runtime as a runner: the graphs of an export folder as inference sessions.
+
+The sessions run on ONNX Runtime's CPU provider, or its CUDA provider with ``onnxruntime-gpu``
+(``device="cuda"``); tensors come and go as torch tensors on the runner's device.
 
 Decomposed graphs (``--wkv decomposed``) need nothing beyond ``onnxruntime``. Graphs with the
 contract's custom node take one of two routes (``wkv_op_route()``):
@@ -16,7 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+
+from hpcm.errors import ArtifactError, RunnerError
+from hpcm.export.artifact import ExportDir
 from hpcm.plugins.biwkv.contract import CONTRACT
+
+from .base import Runner
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -29,12 +38,11 @@ def _register_python_op() -> None:
     try:
         from onnxruntime_extensions import PyCustomOpDef, onnx_op
     except ImportError as exc:  # optional dependency
-        raise RuntimeError(
+        raise RunnerError(
             "graphs with the custom Bi-WKV node need `pip install onnxruntime-extensions` on CPU "
             "(or export with --wkv decomposed)"
         ) from exc
     import numpy as np
-    import torch
 
     from hpcm.plugins.biwkv.op import biwkv_eager
 
@@ -129,7 +137,7 @@ def cpu_session(path: Union[str, Path], route: Optional[str] = None):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX graph {path} does not exist")
+        raise ArtifactError(f"ONNX graph {path} does not exist")
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if (route or wkv_op_route()) == "native":
@@ -151,52 +159,59 @@ def cpu_session(path: Union[str, Path], route: Optional[str] = None):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxRuntimeBackend:
-    """The graphs of an export directory as ONNX Runtime sessions (created on first use).
+class OnnxRuntimeRunner(Runner):
+    """The graphs of an export folder as ONNX Runtime sessions (each created on its first run).
 
-    ``device="cuda"`` uses the CUDA execution provider of ``onnxruntime-gpu``; the custom Bi-WKV node
-    then still runs on CPU through ``onnxruntime-extensions`` (decomposed exports run wholly on GPU).
+    On ``device="cuda"`` (``onnxruntime-gpu``) the custom Bi-WKV node still runs on the CPU through
+    the native or Python op; decomposed exports run wholly on the GPU.
     """
 
-    def __init__(self, export_dir: Union[str, Path], device: str = "cpu") -> None:
-        import json
+    kind = "onnxruntime"
+    device_types = ("cpu", "cuda")
 
+    def __init__(self, export: ExportDir, device: Optional[str] = None) -> None:
+        super().__init__(device)
         import onnxruntime as ort
 
-        self.export_dir = Path(export_dir)
-        manifest_path = self.export_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path} does not exist: is {self.export_dir} an hpcm-export directory?")
-        self.manifest = json.loads(manifest_path.read_text())
-        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("ONNX Runtime has no CUDA execution provider here: pip install onnxruntime-gpu")
-        self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.export = export
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RunnerError("ONNX Runtime has no CUDA execution provider here: pip install onnxruntime-gpu, "
+                              "or run with --device cpu")
+        self.providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.type == "cuda"
+                          else ["CPUExecutionProvider"])
+        wkv = export.manifest.wkv
         # The two custom-node routes compute the WKV differently (float64 state vs PyTorch's
         # closed form), so the route is part of what computed a stream's entropy parameters.
-        wkv = self.manifest["wkv"] + (f"-{wkv_op_route()}" if self.manifest["wkv"] == "custom" else "")
-        self.fingerprint = f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{wkv}/{self.manifest['precision']}"
+        route = f"-{wkv_op_route()}" if wkv == "custom" else ""
+        self._fingerprint = (f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{wkv}{route}/"
+                             f"{export.manifest.precision}")
         self._sessions: dict = {}
 
     @property
-    def graphs(self) -> list[str]:
-        return list(self.manifest["graphs"])
+    def graphs(self) -> tuple[str, ...]:
+        return self.export.graphs
 
-    def session(self, graph: str):
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _activate(self) -> None:
+        self._sessions = {}
+
+    def _deactivate(self) -> None:
+        self._sessions = {}
+
+    def session(self, graph: str):  # noqa: ANN201 - an onnxruntime.InferenceSession
         if graph not in self._sessions:
-            if graph not in self.manifest["graphs"]:
-                raise KeyError(f"graph {graph!r} is not in {self.export_dir} (has {', '.join(self.graphs)})")
-            path = self.export_dir / self.manifest["graphs"][graph]["file"]
-            session = cpu_session(path)
+            session = cpu_session(self.export.graph_path(graph))
             if self.providers[0] != "CPUExecutionProvider":
                 session.set_providers(self.providers)
             self._sessions[graph] = session
         return self._sessions[graph]
 
-    def run(self, graph: str, inputs: dict):
-        """Run ``graph`` on torch tensors; returns its outputs by name as float32 CPU tensors."""
-        import torch
-
+    def _run(self, graph: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         session = self.session(graph)
-        feed = {i.name: inputs[i.name].detach().to("cpu", torch.float32).contiguous().numpy() for i in session.get_inputs()}
+        feed = {i.name: inputs[i.name].detach().to("cpu", torch.float32).contiguous().numpy()
+                for i in session.get_inputs()}
         names = [o.name for o in session.get_outputs()]
-        return {n: torch.from_numpy(v) for n, v in zip(names, session.run(names, feed))}
+        return {n: torch.from_numpy(v).to(self.device) for n, v in zip(names, session.run(names, feed))}

@@ -23,7 +23,7 @@ import struct
 import numpy as np
 import torch
 
-from .errors import BitstreamError
+from hpcm.errors import BitstreamError
 from .rans import decode_escapes, encode_escapes
 
 DEFAULT_EPSILON = 1e-5

@@ -29,7 +29,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from .errors import BitstreamError
+from hpcm.errors import BitstreamError
 
 MAGIC = b"HPCM"
 FORMAT_VERSION = 2  # 2: third stream, the boundary guard

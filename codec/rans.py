@@ -1,7 +1,7 @@
 """Entropy coder of the codec: interleaved rANS driven by a table index per symbol.
 
 ``rans_core.cpp`` is the implementation used in practice; it is compiled with the system C++
-compiler on first use and cached (``HPCM_CACHE_DIR``, default ``~/.cache/hpcm-rwkv``). Without a
+compiler on first use and cached (``hpcm.config.cache_dir()``). Without a
 compiler the pure-Python implementation below, which produces the identical stream, is used with a
 warning (about 100x slower). The stream format is documented at the top of ``rans_core.cpp``.
 
@@ -12,16 +12,15 @@ A coded stream (the bytes returned by :meth:`RansEncoder.flush`) is
 from __future__ import annotations
 
 import ctypes
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hpcm.native import NativeBuildError, build_shared_library
-
-from .errors import BitstreamError
+from hpcm import config
+from hpcm.errors import BitstreamError, EntropyTableError, NativeBuildError
+from hpcm.native import build_shared_library
 
 LANES = 4
 PROB_BITS = 16
@@ -64,7 +63,7 @@ _LIB_TRIED = False
 def native_library() -> ctypes.CDLL | None:
     """The compiled coder, or None when no C++ compiler is available (or HPCM_PURE_PYTHON_RANS=1)."""
     global _LIB, _LIB_TRIED
-    if os.environ.get("HPCM_PURE_PYTHON_RANS") == "1":
+    if config.pure_python_rans():
         return None
     if not _LIB_TRIED:
         _LIB_TRIED = True
@@ -95,21 +94,21 @@ class CdfTables:
                  offset: torch.Tensor | np.ndarray) -> None:
         cdf_np = cdf.detach().cpu().numpy() if isinstance(cdf, torch.Tensor) else np.asarray(cdf)
         if cdf_np.ndim != 2:
-            raise ValueError("cdf table must be 2-D")
+            raise EntropyTableError("cdf table must be 2-D")
         self.cdf = np.ascontiguousarray(cdf_np, dtype=np.int32)
         self.length = _as_numpy(length, np.int32)
         self.offset = _as_numpy(offset, np.int32)
         count, stride = self.cdf.shape
         if count == 0 or self.length.shape != (count,) or self.offset.shape != (count,):
-            raise ValueError("cdf, cdf_length and offset disagree in size")
+            raise EntropyTableError("cdf, cdf_length and offset disagree in size")
         if (self.length < 3).any() or (self.length > stride).any():
-            raise ValueError("cdf_length out of range")
+            raise EntropyTableError("cdf_length out of range")
         if (np.abs(self.offset.astype(np.int64)) > MAX_ABS_VALUE).any():
-            raise ValueError("offset out of range")
+            raise EntropyTableError("offset out of range")
         for i in range(count):
             row = self.cdf[i, : self.length[i]].astype(np.int64)
             if row[0] != 0 or row[-1] != 1 << PROB_BITS or (np.diff(row) <= 0).any():
-                raise ValueError(f"cdf row {i} is not a strictly increasing {PROB_BITS}-bit CDF")
+                raise EntropyTableError(f"cdf row {i} is not a strictly increasing {PROB_BITS}-bit CDF")
         self.count = count
         self.stride = stride
         self._lut: np.ndarray | None = None

@@ -1,0 +1,321 @@
+"""Image codec: HPCM's networks on a graph runner, the rANS coder and the .hpcm container.
+
+A ``Codec`` is built from two things (``hpcm.runtime.open_codec`` builds them for an eager model or
+an export folder):
+
+* a runner: anything that runs the graphs of ``hpcm.models.graphs`` by name and says on which
+  device and with what (``run``, ``device``, ``fingerprint``): eager PyTorch, ONNX Runtime, TensorRT;
+* ``CodecParameters``: everything else the codec needs (variant, latent sizes, alignment, the z
+  means, the entropy tables, the weights digest), from a model or from an export folder.
+
+Streams: 0 = z (per-channel tables ``*_z``, row = channel), 1 = y (tables ``*_y``, row = scale
+bucket), coded through the 11 progressive steps in order (``ProgressiveSchedule.run``), 2 = boundary
+guard (``guard.py``: the buckets of scales that lie too close to a bucket boundary to trust another
+backend with).
+
+Images of any size are padded at the bottom and right by edge replication (``replicate``) up to the
+alignment; replication keeps the border free of the artificial edges that zero padding would cost
+bits for. The decoder crops the padding off again.
+
+Determinism: the decoder must compute the same scale bucket for every symbol as the encoder did.
+The entropy parameters are computed in float32 with TF32 disabled; the runner's fingerprint is
+recorded in the bitstream and a decoder on a different one warns, because a different device or
+library can flip bucket indexes (see ``design/codec.md``); the boundary guard makes the flips a
+decoder within its tolerance could make harmless. The stream CRCs and the rANS end-state check turn
+any remaining desynchronisation into an error instead of a silently wrong image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from hpcm.errors import BitstreamError, CodingError, ImageError
+from hpcm.models.cdf_tables import TABLE_NAMES, scale_indexes
+from hpcm.models.graphs import Y_STRIDE, Z_STRIDE, GraphNetworks
+from hpcm.models.layout import ScaleLayout
+from hpcm.models.progressive import ProgressiveSchedule
+
+from . import bitstream
+from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
+from .rans import MAX_ABS_VALUE, RansDecoder, RansEncoder
+from .tables import EntropyTables, tensor_digest
+
+PAD_MODE = "replicate"
+# Slack (bits) on the bound "symbols x cheapest symbol cost <= stream bits" used to reject
+# headers that claim more symbols than their streams could hold.
+_SIZE_BOUND_SLACK_BITS = 256
+
+
+class BackendMismatchWarning(RuntimeWarning):
+    """The bitstream's entropy parameters were computed on a different backend or precision."""
+
+
+class Runner(Protocol):
+    """What the codec needs of a graph runner (``hpcm.runtime.runners``)."""
+
+    device: torch.device
+    fingerprint: str
+
+    def run(self, graph: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+def weights_digest(model: torch.nn.Module) -> bytes:
+    """SHA-256 prefix over the model's state_dict without the entropy tables (they have their own)."""
+    return tensor_digest([(k, v) for k, v in sorted(model.state_dict().items()) if k not in TABLE_NAMES])
+
+
+def backend_digest(fingerprint: str) -> bytes:
+    """The bitstream's short form of a runner fingerprint."""
+    return hashlib.sha256(fingerprint.encode()).digest()[: bitstream.DIGEST_BYTES]
+
+
+@dataclass(frozen=True)
+class CodecParameters:
+    """Everything the codec needs besides the networks."""
+
+    variant: str
+    M: int
+    N: int
+    alignment: int
+    means_hyper: torch.Tensor  # (1, N, 1, 1): z is coded as round(z - means_hyper)
+    tables: EntropyTables
+    weights_digest: bytes
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "CodecParameters":
+        """From an ``HPCM`` with entropy tables (``model.update()`` computes them once)."""
+        return cls(variant=model.spec.name, M=int(model.M), N=int(model.N), alignment=int(model.alignment),
+                   means_hyper=model.means_hyper.detach().float().cpu().clone(),
+                   tables=EntropyTables.from_model(model), weights_digest=weights_digest(model))
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    y_hat: torch.Tensor
+    z_hat: torch.Tensor
+    padded: torch.Tensor
+
+
+@dataclass
+class DecodeResult:
+    x_hat: torch.Tensor
+    y_hat: torch.Tensor
+    z_hat: torch.Tensor
+    header: bitstream.Header
+
+
+@contextlib.contextmanager
+def deterministic_precision(device: torch.device) -> Iterator[None]:
+    """float32 without TF32 on CUDA, restored afterwards; a no-op elsewhere."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def pad_image(x: torch.Tensor, alignment: int) -> tuple[torch.Tensor, int, int]:
+    """Replicate-pad bottom/right to multiples of ``alignment``; returns (padded, pad_bottom, pad_right)."""
+    h, w = x.shape[-2:]
+    pad_b, pad_r = (-h) % alignment, (-w) % alignment
+    if pad_b or pad_r:
+        x = F.pad(x, (0, pad_r, 0, pad_b), mode=PAD_MODE)
+    return x, pad_b, pad_r
+
+
+def _check_image(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ImageError(f"expected an image tensor of shape (1, 3, H, W), got {getattr(x, 'shape', type(x))}")
+    if not 0 < x.shape[2] <= bitstream.MAX_SIDE or not 0 < x.shape[3] <= bitstream.MAX_SIDE:
+        raise ImageError(f"image sides must be in 1..{bitstream.MAX_SIDE}")
+    if not torch.isfinite(x).all():
+        raise ImageError("image has non-finite values")
+
+
+def _z_indexes(shape: torch.Size) -> torch.Tensor:
+    """z is coded with one table row per channel."""
+    channels = shape[1]
+    return torch.arange(channels, dtype=torch.int32).view(1, channels, 1, 1).expand(shape)
+
+
+def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(residual).all():
+        raise CodingError("the networks produced non-finite latents (broken weights or backend); cannot code them")
+    return torch.round(residual).clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE)
+
+
+class Codec:
+    """compress / decompress with ``runner``'s networks and ``parameters``' tables."""
+
+    def __init__(self, runner: Runner, parameters: CodecParameters) -> None:
+        self.runner = runner
+        self.parameters = parameters
+        self.device = torch.device(runner.device)
+        self.networks = GraphNetworks(runner)
+        self.schedule = ProgressiveSchedule(ScaleLayout(parameters.M), self.networks)
+        self.means_hyper = parameters.means_hyper.to(self.device)
+        self.scale_table = parameters.tables.scale_table.to(self.device)
+
+    @property
+    def variant(self) -> str:
+        return self.parameters.variant
+
+    @property
+    def alignment(self) -> int:
+        return self.parameters.alignment
+
+    @property
+    def fingerprint(self) -> str:
+        return self.runner.fingerprint
+
+    # ------------------------------------------------------------------ latents
+    def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """(padded x, y, z residual symbols, z_hat, pad_bottom, pad_right) of an image in [0, 1]."""
+        _check_image(x)
+        xp, pad_b, pad_r = pad_image(x.to(device=self.device, dtype=torch.float32).clamp(0.0, 1.0), self.alignment)
+        y, z = self.networks.analyse(xp)
+        z_q = _round_symbols(z - self.means_hyper)
+        return xp, y, z_q, z_q + self.means_hyper, pad_b, pad_r
+
+    def latents(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder's z_hat and per-step symbols for ``x``, without entropy coding."""
+        symbols: list[torch.Tensor] = []
+        with torch.no_grad(), deterministic_precision(self.device):
+            _, y, _, z_hat, _, _ = self._analyse(x)
+            y_scales = self.schedule.all_scales(y)
+
+            def record(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+                symbols.append(_round_symbols(self.schedule.symbols(y_scales, step) - means))
+                return symbols[-1]
+
+            self.schedule.run(self.networks.h_s(z_hat), record)
+        return z_hat, symbols
+
+    def entropy_parameters(self, z_hat: torch.Tensor, symbols: list[torch.Tensor]
+                           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(scales, means) of every step as a decoder that decoded ``symbols`` computes them."""
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with torch.no_grad(), deterministic_precision(self.device):
+
+            def given(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+                out.append((scales, means))
+                return symbols[step].to(device=means.device, dtype=means.dtype)
+
+            self.schedule.run(self.networks.h_s(z_hat.to(self.device)), given)
+        return out
+
+    # ------------------------------------------------------------------ coding
+    def compress(self, x: torch.Tensor, guard_epsilon: float = DEFAULT_EPSILON) -> EncodeResult:
+        """Encode an image ``x`` in [0, 1] of shape (1, 3, H, W), any H and W.
+
+        ``guard_epsilon``: relative scale error a decoder on another backend may have and still
+        decode (0 disables the guard stream's positions: same-backend decoding only)."""
+        tables = self.parameters.tables
+        height, width = x.shape[-2:]
+        with torch.no_grad(), deterministic_precision(self.device):
+            xp, y, z_q, z_hat, pad_b, pad_r = self._analyse(x)
+            if z_q.shape[1] != tables.z.count:
+                raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
+            z_enc = RansEncoder(tables.z)
+            z_enc.encode(z_q, _z_indexes(z_q.shape))
+            y_enc = RansEncoder(tables.y)
+            guard = GuardWriter(guard_epsilon)
+            y_scales = self.schedule.all_scales(y)
+
+            def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+                q = _round_symbols(self.schedule.symbols(y_scales, step) - means)
+                guard.add_step(scales, self.scale_table)
+                y_enc.encode(q, scale_indexes(scales, self.scale_table))
+                return q
+
+            y_hat = self.schedule.run(self.networks.h_s(z_hat), encode_step)
+        header = bitstream.Header(
+            variant=self.variant,
+            weights_digest=self.parameters.weights_digest,
+            tables_digest=tables.digest,
+            backend_digest=backend_digest(self.fingerprint),
+            height=int(height), width=int(width), pad_bottom=pad_b, pad_right=pad_r,
+        )
+        data = bitstream.pack(header, [z_enc.flush(), y_enc.flush(), guard.flush()])
+        return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
+
+    def check_header(self, header: bitstream.Header, streams: list[bytes]) -> None:
+        """Everything about a parsed bitstream that can be checked before a network runs."""
+        params, tables = self.parameters, self.parameters.tables
+        if header.variant != params.variant:
+            raise BitstreamError(f"bitstream was encoded with variant {header.variant!r}, the model is "
+                                 f"{params.variant!r}")
+        if header.weights_digest != params.weights_digest:
+            raise BitstreamError("bitstream was encoded with different model weights "
+                                 f"(weights digest {header.weights_digest.hex()} != {params.weights_digest.hex()}); "
+                                 "decode with the checkpoint or export that encoded it")
+        if header.tables_digest != tables.digest:
+            raise BitstreamError(f"bitstream was encoded with other entropy tables than {tables.source}'s; "
+                                 "decode with the checkpoint or export that encoded it")
+        if len(streams) != 3:
+            raise BitstreamError(f"expected 3 streams (z, y, guard), found {len(streams)}")
+        align = params.alignment
+        ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
+        if header.pad_bottom >= align or header.pad_right >= align or ph % align or pw % align:
+            raise BitstreamError(f"padding {header.pad_bottom}/{header.pad_right} is inconsistent with the "
+                                 f"model's alignment {align}")
+        z_count = tables.z.count * (ph // Z_STRIDE) * (pw // Z_STRIDE)
+        y_count = params.M * (ph // Y_STRIDE) * (pw // Y_STRIDE)
+        for name, count, min_bits, stream in (("z", z_count, tables.min_bits_z, streams[0]),
+                                              ("y", y_count, tables.min_bits_y, streams[1])):
+            if count * min_bits > 8 * len(stream) + _SIZE_BOUND_SLACK_BITS:
+                raise BitstreamError(f"the {name} stream ({len(stream)} bytes) is too short for a "
+                                     f"{header.width}x{header.height} image")
+
+    def decompress(self, data: bytes) -> DecodeResult:
+        """Decode a bitstream; ``x_hat`` is the image in [0, 1] of shape (1, 3, H, W)."""
+        header, streams = bitstream.unpack(data)
+        self.check_header(header, streams)
+        if header.backend_digest != backend_digest(self.fingerprint):
+            warnings.warn(f"the bitstream's entropy parameters were computed on another backend or precision "
+                          f"(fingerprint {header.backend_digest.hex()}) than this decoder's "
+                          f"{self.fingerprint!r}: scale buckets may differ, so decoding may fail",
+                          BackendMismatchWarning, stacklevel=2)
+        tables = self.parameters.tables
+        ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
+        with torch.no_grad(), deterministic_precision(self.device):
+            z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))
+            z_dec = RansDecoder(streams[0], tables.z)
+            z_q = torch.from_numpy(z_dec.decode(_z_indexes(z_shape))).reshape(z_shape)
+            z_dec.finish()
+            z_hat = z_q.to(device=self.device, dtype=torch.float32) + self.means_hyper
+            y_dec = RansDecoder(streams[1], tables.y)
+            guard = GuardReader(streams[2])
+
+            def decode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+                indexes = guard.apply_step(scale_indexes(scales, self.scale_table), scales, self.scale_table)
+                q = torch.from_numpy(y_dec.decode(indexes)).reshape(scales.shape)
+                return q.to(device=means.device, dtype=means.dtype)
+
+            y_hat = self.schedule.run(self.networks.h_s(z_hat), decode_step)
+            y_dec.finish()
+            guard.finish()
+            x_hat = self.networks.g_s(y_hat).clamp(0.0, 1.0)[..., : header.height, : header.width]
+        return DecodeResult(x_hat=x_hat, y_hat=y_hat, z_hat=z_hat, header=header)
+
+
+def inspect(data: bytes) -> bitstream.Header:
+    """Parse and CRC-check a bitstream without a model."""
+    return bitstream.unpack(data)[0]
+

@@ -1,0 +1,110 @@
+"""Option groups and loaders shared by the commands: one definition of each option and its default.
+
+The options mirror the API: ``--variant``/``--checkpoint`` choose the model (``load_model``),
+``--export`` an export folder (``ExportDir.open``), ``--backend`` a runner
+(``hpcm.runtime.runners.RUNNERS``) and ``--device`` where it computes (the same meaning for every
+runner; a runner that cannot compute there refuses it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from hpcm import config
+from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
+from hpcm.log import LOG
+from hpcm.runtime.runners import GRAPH_RUNNERS, RUNNERS
+
+Decorator = Callable[[Callable], Callable]
+
+UNTRAINED_NOTICE = ("no checkpoint given, using a randomly initialised {variant} model (seed {seed}); "
+                    "untrained weights give meaningless rate-distortion")
+
+
+def combine(*decorators: Decorator) -> Decorator:
+    """Apply several click options as one decorator (in the order listed in --help)."""
+
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def variant_option(help_default: str = f"the checkpoint's, else {DEFAULT_VARIANT}") -> Decorator:
+    return click.option("--variant", "-v", default=None,
+                        help=f"baseline, phase1..phase4, or a variant .json file (default: {help_default})")
+
+
+checkpoint_option = click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                                 help="model weights (hpcm-rwkv, official HPCM or fork checkpoint); without it a "
+                                      "seeded untrained model")
+export_option = click.option("--export", "export_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                             help="run the networks as the graphs of this hpcm-export folder (its variant, "
+                                  "weights and tables; no checkpoint needed)")
+backend_option = click.option("--backend", type=click.Choice(list(RUNNERS)), default=None,
+                              help="what runs the networks (default: eager, or onnxruntime with --export)")
+device_option = click.option("--device", default=None,
+                             help="where the networks compute: cpu, cuda or cuda:N (default: the backend's, "
+                                  "cpu for eager/onnxruntime, cuda for tensorrt)")
+images_options = combine(
+    click.option("--images", type=click.Path(path_type=Path), default=None,
+                 help="folder of images (default ../shared/data/kodak; synthetic images when absent)"),
+    click.option("--limit", default=2, show_default=True, type=click.IntRange(min=1), help="number of images"),
+    click.option("--crop", default=None, type=click.IntRange(min=16),
+                 help="top-left square crop side in pixels (faster checks)"),
+)
+
+
+def size_options(what: str, with_opt: bool = True) -> Decorator:
+    """--min-size/--opt-size/--max-size H W of ``what`` (the export profile or the engines)."""
+    options = [click.option("--min-size", nargs=2, type=click.IntRange(min=1), metavar="H W",
+                            help=f"smallest image {what} must accept")]
+    if with_opt:
+        options.append(click.option("--opt-size", nargs=2, type=click.IntRange(min=1), metavar="H W",
+                                    help=f"image size {what} is tuned for"))
+    options.append(click.option("--max-size", nargs=2, type=click.IntRange(min=1), metavar="H W",
+                                help=f"largest image {what} must accept"))
+    return combine(*options)
+
+
+def default_backend(backend: Optional[str], export_dir: Optional[Path]) -> str:
+    """The backend when none is given: the export's graphs on ONNX Runtime, else eager PyTorch."""
+    if backend is not None:
+        return backend
+    return GRAPH_RUNNERS[0] if export_dir is not None else "eager"
+
+
+def image_folder(images: Optional[Path]) -> Path:
+    return images if images is not None else config.default_image_folder()
+
+
+def load_model(variant: Optional[str], checkpoint: Optional[Path], tables: bool = True):  # noqa: ANN201 - an HPCM
+    """The checkpoint's model (``variant`` must then agree or be omitted), else the seeded untrained
+    ``variant`` (with a notice). With ``tables``, entropy tables are ensured (computed with a notice
+    when a checkpoint lacks them)."""
+    from hpcm.models import build_model
+    from hpcm.models.checkpoint import load_checkpoint
+
+    if checkpoint is not None:
+        model = load_checkpoint(checkpoint, variant)
+    else:
+        name = variant or DEFAULT_VARIANT
+        LOG.warning(UNTRAINED_NOTICE.format(variant=name, seed=DEFAULT_SEED))
+        model = build_model(name, seed=DEFAULT_SEED)
+    if tables and not model.has_entropy_tables:
+        if checkpoint is not None:
+            LOG.warning("the checkpoint has no entropy tables; computing them (save the checkpoint after "
+                        "model.update() to pin them)")
+        model.update()
+    return model.eval()
+
+
+def open_export(export_dir: Path):  # noqa: ANN201 - an ExportDir
+    from hpcm.export.artifact import ExportDir
+
+    return ExportDir.open(export_dir)

@@ -1,0 +1,83 @@
+"""Configuration: every environment variable and default folder the package reads, in one place.
+
+Values are read when asked for (not at import), so a changed environment applies to the next call.
+The README's "Configuration" table lists the same variables.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+# The variant and the untrained model's seed every command and factory uses when none is given.
+DEFAULT_VARIANT = "phase2"
+DEFAULT_SEED = 0
+
+# name -> what it sets; tests/test_config.py checks that the README's table lists each one
+ENVIRONMENT = {
+    "HPCM_CACHE_DIR": "cache folder for native libraries built on first use (default ~/.cache/hpcm-rwkv)",
+    "HPCM_ENGINE_CACHE": "TensorRT engine cache (default <HPCM_CACHE_DIR>/engines)",
+    "HPCM_BIWKV_PLUGIN": "path of libhpcm_biwkv_trt_plugin.so (default: build/ of the source tree)",
+    "ONNXRUNTIME_INCLUDE_DIR": "folder with ONNX Runtime's onnxruntime_c_api.h: builds the native ORT op",
+    "HPCM_BIWKV_ORT_OP": "a prebuilt native ONNX Runtime op library (instead of building one)",
+    "HPCM_PURE_PYTHON_RANS": "1: use the pure-Python rANS coder even where the C++ one builds",
+    "CXX": "C++ compiler for the native libraries (default g++, c++ or clang++ on PATH)",
+}
+
+# The repository root when running from a source checkout (the package folders sit beside it).
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str) -> Optional[str]:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def cache_dir() -> Path:
+    """Where native libraries built on first use are cached."""
+    root = _env("HPCM_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "hpcm-rwkv"
+
+
+def engine_cache_dir() -> Path:
+    """Where TensorRT engines are cached."""
+    root = _env("HPCM_ENGINE_CACHE")
+    return Path(root) if root else cache_dir() / "engines"
+
+
+def plugin_library() -> Optional[Path]:
+    """The TensorRT plugin library named by the environment, if any."""
+    value = _env("HPCM_BIWKV_PLUGIN")
+    return Path(value) if value else None
+
+
+def plugin_build_dirs() -> tuple[Path, ...]:
+    """Build folders of a source checkout where ``cmake -S plugins -B build`` puts the plugin."""
+    return (SOURCE_ROOT / "build", SOURCE_ROOT / "build" / "plugins")
+
+
+def onnxruntime_include_dir() -> Optional[Path]:
+    value = _env("ONNXRUNTIME_INCLUDE_DIR")
+    return Path(value) if value else None
+
+
+def onnxruntime_op_library() -> Optional[Path]:
+    value = _env("HPCM_BIWKV_ORT_OP")
+    return Path(value) if value else None
+
+
+def pure_python_rans() -> bool:
+    return _env("HPCM_PURE_PYTHON_RANS") == "1"
+
+
+def cxx_compiler() -> Optional[str]:
+    """The C++ compiler: ``$CXX`` as given (even when it does not exist: the build then says so),
+    else the first of g++, c++, clang++ on PATH."""
+    return _env("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def default_image_folder() -> Path:
+    """The Kodak images of the shared checkout layout (``../shared/data/kodak`` beside the repo)."""
+    return SOURCE_ROOT.parent / "shared" / "data" / "kodak"

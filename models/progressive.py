@@ -1,0 +1,181 @@
+"""HPCM's progressive schedule: 11 steps over three scales, driven in one place.
+
+y is coded in 2 steps at s1 (y at 1/4 resolution), 3 at s2 (1/2) and 6 at s3 (full). Before each step
+the context networks turn what is known so far into the step's scales and means; after it the step's
+decoded values join y_hat; after the last step of s1 and of s2, context and y_hat move to the next
+scale (static layout moves, here) and a fusion network mixes the up-scaled context with the hyper
+prior's parameters there.
+
+``ProgressiveSchedule.run`` is the only loop over the steps. The training/eval forward, the codec's
+encoder and decoder, the cross-backend mismatch count and ``hpcm check`` all drive it, and differ only
+in the ``code_step`` callback that turns a step's (scales, means) into its quantised residual. The
+networks behind the schedule are anything with ``step_context`` and ``fuse_context`` (``ContextNetworks``):
+the eager model itself, or a graph runner running the exported step and fusion graphs. The schedule
+and the layout moves are not networks: they are the same code whatever runs the networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
+
+import torch
+
+from .layout import ScaleLayout, StepMask
+
+SCALES = ("s1", "s2", "s3")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One progressive step: its scale, mask part, adaptor and adaptive-parameter index."""
+
+    scale: int  # 0 = s1, 1 = s2, 2 = s3
+    part: int
+    adaptor: Optional[int]  # None: parameters straight from the hyper prior (step 0)
+    adaptive_param: Optional[int]
+    last_of_scale: bool
+
+    @property
+    def has_network(self) -> bool:
+        return self.adaptor is not None
+
+
+def _steps() -> tuple[Step, ...]:
+    # The official loops index adaptor lists with i - 1 from i = 0, so s2 and s3 start with their
+    # last adaptor; trained weights depend on this order.
+    steps = [Step(0, 0, None, None, False), Step(0, 1, 0, 0, True)]
+    steps += [Step(1, i + 1, (i - 1) % 3, i + 1, i == 2) for i in range(3)]
+    steps += [Step(2, i + 2, (i - 1) % 6, i + 4, i == 5) for i in range(6)]
+    return tuple(steps)
+
+
+STEPS = _steps()
+
+
+class ContextNetworks(Protocol):
+    """The networks a schedule calls between steps (all maps at the step's scale)."""
+
+    def step_context(self, step: int, context_next: torch.Tensor, y_hat: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scales, means, new context_next) of step ``step`` >= 1, as full maps."""
+
+    def fuse_context(self, scale: int, context: torch.Tensor) -> torch.Tensor:
+        """The next scale's context_next from the up-scaled context plus hyper parameters there
+        (``scale``: 1 = s2, 2 = s3)."""
+
+
+@dataclass
+class ProgressiveState:
+    """What encoder and decoder both know between steps."""
+
+    scales_hyper: torch.Tensor  # (B, M, H, W) scales from h_s
+    means_hyper: torch.Tensor
+    scale: int
+    context_next: torch.Tensor  # (B, 2M, h, w) at the current scale
+    y_hat: torch.Tensor  # (B, M, h, w) decoded so far at the current scale, zeros elsewhere
+    pending_context: Optional[torch.Tensor] = None
+
+
+# (step, scales, means) -> the step's quantised residual (dense block, as scales); the schedule adds
+# the means back to get the step's y_hat.
+CodeStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ProgressiveSchedule:
+    """The 11 steps of HPCM over a ``ScaleLayout`` and a set of ``ContextNetworks``."""
+
+    steps = STEPS
+
+    def __init__(self, layout: ScaleLayout, networks: ContextNetworks) -> None:
+        self.layout = layout
+        self.networks = networks
+
+    # ------------------------------------------------------------------ geometry
+    def step_mask(self, step: int) -> StepMask:
+        s = STEPS[step]
+        return (self.layout.s1_masks, self.layout.s2_masks, self.layout.s3_masks)[s.scale][s.part]
+
+    def at_scale(self, y: torch.Tensor, scale: int) -> torch.Tensor:
+        """y (full resolution) re-arranged to scale 0 (s1), 1 (s2) or 2 (s3)."""
+        if scale == 2:
+            return y
+        y_s2 = self.layout.full_to_s2.apply(y)
+        return y_s2 if scale == 1 else self.layout.s2_to_s1.apply(y_s2)
+
+    def all_scales(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """y at s1, s2 and s3, moving it once."""
+        y_s2 = self.layout.full_to_s2.apply(y)
+        return self.layout.s2_to_s1.apply(y_s2), y_s2, y
+
+    def lift(self, t: torch.Tensor, scale: int) -> torch.Tensor:
+        """A tensor at scale 0/1 put back at its full-resolution positions (zeros elsewhere)."""
+        if scale == 0:
+            t = self.layout.s1_to_s2.apply(t)
+        return t if scale == 2 else self.layout.s2_to_full.apply(t)
+
+    def symbols(self, y_scales: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+        """The y values coded in step ``step`` as a dense block (``y_scales`` from ``all_scales``)."""
+        mask = self.step_mask(step)
+        y_scale = y_scales[STEPS[step].scale]
+        return mask.to_dense(y_scale * mask.full(y_scale))
+
+    # ------------------------------------------------------------------ the steps
+    def begin(self, params: torch.Tensor) -> ProgressiveState:
+        """State before step 0 from the hyper synthesis output (B, 2M, H, W)."""
+        scales, means = params.chunk(2, 1)
+        to_s1 = self.layout.s2_to_s1.apply
+        context = torch.cat((to_s1(self.layout.full_to_s2.apply(scales)),
+                             to_s1(self.layout.full_to_s2.apply(means))), dim=1)
+        B, _, h, w = context.shape
+        y_hat = torch.zeros((B, context.shape[1] // 2, h, w), dtype=params.dtype, device=params.device)
+        return ProgressiveState(scales, means, 0, context, y_hat)
+
+    def parameters(self, state: ProgressiveState, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scales and means of step ``step``'s symbols, as dense (B, M/groups, h, w) blocks."""
+        s = STEPS[step]
+        if s.scale != state.scale:
+            raise RuntimeError(f"step {step} is at scale {SCALES[s.scale]}, state is at {SCALES[state.scale]}")
+        if s.has_network:
+            scales, means, state.pending_context = self.networks.step_context(step, state.context_next, state.y_hat)
+        else:
+            scales, means = state.context_next.chunk(2, 1)
+            state.pending_context = None
+        mask = self.step_mask(step)
+        full = mask.full(scales)
+        return mask.to_dense(scales * full), mask.to_dense(means * full)
+
+    def advance(self, state: ProgressiveState, step: int, y_hat_step: torch.Tensor) -> None:
+        """Record step ``step``'s decoded values (dense block) and move on (through a transition
+        after the last step of s1 and of s2)."""
+        s = STEPS[step]
+        state.y_hat = state.y_hat + self.step_mask(step).from_dense(y_hat_step)
+        if state.pending_context is not None:
+            state.context_next = state.pending_context
+            state.pending_context = None
+        if s.last_of_scale and s.scale < 2:
+            self.transition(state)
+
+    def transition(self, state: ProgressiveState) -> None:
+        """Move context and y_hat from the state's scale to the next; fuse the context with the hyper
+        parameters at the positions the new scale still has to code."""
+        layout, scale = self.layout, state.scale
+        up = layout.s1_to_s2 if scale == 0 else layout.s2_to_full
+        hyper = layout.full_to_s2_hyper.apply if scale == 0 else layout.s3_hyper
+        c_scales, c_means = state.context_next.chunk(2, 1)
+        context = torch.cat((up.apply(c_scales), up.apply(c_means)), dim=1)
+        context = context + torch.cat((hyper(state.scales_hyper), hyper(state.means_hyper)), dim=1)
+        state.context_next = self.networks.fuse_context(scale + 1, context)
+        state.y_hat = up.apply(state.y_hat)
+        state.scale = scale + 1
+
+    def run(self, params: torch.Tensor, code_step: CodeStep) -> torch.Tensor:
+        """Every step in order from the hyper synthesis output ``params``; returns y_hat (full)."""
+        state = self.begin(params)
+        for step in range(len(STEPS)):
+            scales, means = self.parameters(state, step)
+            residual = code_step(step, scales, means)
+            self.advance(state, step, residual + means)
+        if state.scale != 2:
+            raise RuntimeError("the schedule ended before reaching s3")
+        return state.y_hat

@@ -1,0 +1,66 @@
+"""Eager PyTorch as a runner: the model's own modules behind the graph names."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from hpcm.models.graphs import GRAPHS, GraphModule
+from hpcm.models.hpcm import HPCM
+
+from .base import Runner
+
+
+def torch_fingerprint(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """What eager PyTorch computes with: versions, device model and precision (TF32 is always off)."""
+    precision = str(dtype).replace("torch.", "")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = torch.cuda.get_device_name(index).replace(" ", "_")
+        return (f"torch-{torch.__version__}/cuda-{torch.version.cuda}/cudnn-{torch.backends.cudnn.version()}/"
+                f"{name}/{precision}/tf32-off")
+    return f"torch-{torch.__version__}/{device.type}/{precision}"
+
+
+class EagerRunner(Runner):
+    """Runs ``model``'s graphs eagerly on ``device`` in ``dtype``.
+
+    The given model is switched to eval mode and otherwise never changed: where it already lives on ``device`` in ``dtype`` the runner
+    uses it as it is, otherwise a private copy moved there (made when activated).
+    """
+
+    kind = "eager"
+    device_types = ("cpu", "cuda")
+
+    def __init__(self, model: HPCM, device: Optional[str] = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(device)
+        self.model = model
+        self.dtype = dtype
+        self._modules: dict[str, GraphModule] = {}
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return tuple(GRAPHS)
+
+    @property
+    def fingerprint(self) -> str:
+        return torch_fingerprint(self.device, self.dtype)
+
+    def _activate(self) -> None:
+        reference = next(self.model.parameters())
+        model = self.model
+        if reference.device != self.device or reference.dtype != self.dtype:
+            model = copy.deepcopy(self.model).to(device=self.device, dtype=self.dtype)
+        self._modules = {name: GraphModule(model.eval(), name) for name in GRAPHS}
+
+    def _deactivate(self) -> None:
+        self._modules = {}
+
+    def _run(self, graph: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        module = self._modules[graph]
+        args = [inputs[name].to(device=self.device, dtype=self.dtype) for name in module.graph.input_names]
+        with torch.no_grad():
+            outputs = module(*args)
+        return dict(zip(module.graph.output_names, outputs))
