@@ -24,6 +24,8 @@ from hpcm.export.artifact import WEIGHTS_NAME, ExportDir  # noqa: E402
 from hpcm.export.onnx_export import FORBIDDEN_OPS, export_model, graph_specs  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
 from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner, cpu_session  # noqa: E402
+
+from .graph_parity import graph_outputs, relative_error  # noqa: E402
 from hpcm.plugins.biwkv.contract import CONTRACT  # noqa: E402
 
 SIZE = (128, 128)
@@ -231,13 +233,9 @@ def test_every_variant_exports_and_matches_eager_at_two_sizes(tmp_path, variant)
     export_model(model, tmp_path, wkv="custom", size=(a, a), graphs=graphs)
     with OnnxRuntimeRunner(ExportDir.open(tmp_path)) as runner:
         for size in ((a, a), (a, 2 * a)):
-            for spec in graph_specs(model, size, names=graphs, seed=3):
-                with torch.no_grad():
-                    expected = spec.module(*spec.inputs.values())
-                got = runner.run(spec.name, dict(spec.inputs))
-                for name, e in zip(spec.outputs, expected):
-                    assert got[name].shape == e.shape
-                    assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max(), (variant, size, name)
+            for graph, name, got, expected in graph_outputs(runner, model, size, graphs, seed=3):
+                assert got.shape == expected.shape
+                assert relative_error(got, expected) <= 1e-5, (variant, size, graph, name)
 
 
 def test_profile_sizes_are_recorded_and_checked(tmp_path):
@@ -270,12 +268,8 @@ def test_graphs_share_one_weights_file(tmp_path, phase2):
     assert len(data) < 0.7 * referenced  # the shared prior is stored once
     assert manifest["graphs"]["step05"]["weights_sha256"] != manifest["graphs"]["step06"]["weights_sha256"]
     with OnnxRuntimeRunner(ExportDir.open(tmp_path)) as runner:
-        for spec in graph_specs(phase2, SIZE, names=["step05", "step06"], seed=1):
-            with torch.no_grad():
-                expected = spec.module(*spec.inputs.values())
-            got = runner.run(spec.name, dict(spec.inputs))
-            for name, e in zip(spec.outputs, expected):
-                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
+        for graph, name, got, expected in graph_outputs(runner, phase2, SIZE, ["step05", "step06"], seed=1):
+            assert relative_error(got, expected) <= 1e-5, (graph, name)
 
 
 def test_step_graphs_of_one_scale_are_cloned_exactly(tmp_path, phase2):

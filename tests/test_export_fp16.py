@@ -18,11 +18,13 @@ from hpcm.cli.export_cmds import export_main  # noqa: E402
 from hpcm.codec import Codec  # noqa: E402
 from hpcm.errors import ExportError  # noqa: E402
 from hpcm.export.artifact import ExportDir  # noqa: E402
-from hpcm.export.onnx_export import export_model, graph_specs  # noqa: E402
+from hpcm.export.onnx_export import export_model  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
 from hpcm.plugins.biwkv.contract import CONTRACT  # noqa: E402
 from hpcm.runtime.runners.eager import EagerRunner  # noqa: E402
 from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
+
+from .graph_parity import graph_outputs, relative_error  # noqa: E402
 
 SIZE = (128, 128)
 FLOAT = onnx.TensorProto.FLOAT
@@ -71,13 +73,9 @@ def test_fp16_manifest_records_precision_and_error(fp16_export):
 def test_fp16_graphs_on_onnxruntime_match_float32_eager(fp16_export, phase2, size):
     """Close to float32 eager, but not equal: the graphs really compute in float16."""
     with OnnxRuntimeRunner(ExportDir.open(fp16_export)) as runner:
-        for spec in graph_specs(phase2, size, names=["step06", "synthesis"], seed=4):
-            with torch.no_grad():
-                expected = spec.module(*spec.inputs.values())
-            got = runner.run(spec.name, dict(spec.inputs))
-            for name, e in zip(spec.outputs, expected):
-                error = float((got[name] - e).abs().max()) / float(e.abs().max())
-                assert 1e-6 < error < FP16_RELATIVE, (spec.name, name, error)
+        for graph, name, got, expected in graph_outputs(runner, phase2, size, ["step06", "synthesis"], seed=4):
+            error = relative_error(got, expected)
+            assert 1e-6 < error < FP16_RELATIVE, (graph, name, error)
 
 
 def test_fp16_overflow_is_refused(tmp_path):

@@ -83,8 +83,10 @@ def test_wrong_shapes_are_reported(library):
 def test_exported_graph_runs_natively(library, tmp_path, phase2):
     """A step graph on the backend's native route: no domain rewrite, same results as eager."""
     from hpcm.export.artifact import ExportDir
-    from hpcm.export.onnx_export import export_model, graph_specs
+    from hpcm.export.onnx_export import export_model
     from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner, wkv_op_route
+
+    from .graph_parity import graph_outputs, relative_error
 
     assert wkv_op_route() == "native"
     export_model(phase2, tmp_path, size=(128, 128), graphs=["step06"])
@@ -93,12 +95,8 @@ def test_exported_graph_runs_natively(library, tmp_path, phase2):
     assert json.loads((tmp_path / "manifest.json").read_text())["graphs"]["step06"]["wkv_nodes"] == 1
     with runner:
         for size in ((128, 128), (128, 256)):
-            (spec,) = graph_specs(phase2, size, names=["step06"], seed=3)
-            with torch.no_grad():
-                expected = spec.module(*spec.inputs.values())
-            got = runner.run("step06", dict(spec.inputs))
-            for name, e in zip(spec.outputs, expected):
-                assert (got[name] - e).abs().max() <= 1e-5 * e.abs().max()
+            for graph, name, got, expected in graph_outputs(runner, phase2, size, ["step06"], seed=3):
+                assert relative_error(got, expected) <= 1e-5, (size, name)
 
 
 def test_missing_header_says_what_to_set(monkeypatch, tmp_path):

@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from hpcm import config
+from hpcm.errors import RunnerError
 from hpcm.native import build_shared_library
 
 from .contract import CONTRACT
@@ -34,7 +35,7 @@ ORT_HEADER = "onnxruntime_c_api.h"
 _cpu: Optional[ctypes.CDLL] = None
 
 
-class OrtOpUnavailable(RuntimeError):
+class OrtOpUnavailable(RunnerError):
     """The native ONNX Runtime op cannot be had here; the message says what would provide it."""
 
 
@@ -70,12 +71,12 @@ def biwkv_cpu(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 def ort_op_library(include_dir: Optional[Path] = None) -> Path:
     """The ONNX Runtime custom-op library: ``HPCM_BIWKV_ORT_OP`` if set, else built (once) against
     ``onnxruntime_c_api.h`` in ``include_dir`` or ``ONNXRUNTIME_INCLUDE_DIR``."""
-    prebuilt = os.environ.get(ORT_LIBRARY_ENV)
+    prebuilt = config.onnxruntime_op_library()
     if prebuilt:
-        if not Path(prebuilt).is_file():
+        if not prebuilt.is_file():
             raise OrtOpUnavailable(f"{ORT_LIBRARY_ENV}={prebuilt} does not exist")
-        return Path(prebuilt)
-    folder = include_dir or os.environ.get(ORT_INCLUDE_ENV)
+        return prebuilt
+    folder = include_dir or config.onnxruntime_include_dir()
     if not folder:
         raise OrtOpUnavailable(
             f"the native {CONTRACT.op_type} op for ONNX Runtime needs ONNX Runtime's C API header: set "

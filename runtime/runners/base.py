@@ -21,6 +21,7 @@ from typing import ClassVar, Optional
 import torch
 
 from hpcm.errors import RunnerError
+from hpcm.export.artifact import ExportDir
 
 
 class Runner(ABC):
@@ -100,3 +101,20 @@ class Runner(ABC):
 
     @abstractmethod
     def _run(self, graph: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class ExportRunner(Runner):
+    """A runner of an export folder's graphs; subclasses set ``_fingerprint`` in their constructor."""
+
+    def __init__(self, export: ExportDir, device: Optional[str] = None) -> None:
+        super().__init__(device)
+        self.export = export
+        self._fingerprint = ""
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return self.export.graphs
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint

@@ -25,7 +25,7 @@ from hpcm.errors import ArtifactError, RunnerError
 from hpcm.export.artifact import ExportDir
 from hpcm.plugins.biwkv.contract import CONTRACT
 
-from .base import Runner
+from .base import ExportRunner
 
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 _registered = False
@@ -159,7 +159,7 @@ def cpu_session(path: Union[str, Path], route: Optional[str] = None):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(ExportRunner):
     """The graphs of an export folder as ONNX Runtime sessions (each created on its first run).
 
     On ``device="cuda"`` (``onnxruntime-gpu``) the custom Bi-WKV node still runs on the CPU through
@@ -170,10 +170,9 @@ class OnnxRuntimeRunner(Runner):
     device_types = ("cpu", "cuda")
 
     def __init__(self, export: ExportDir, device: Optional[str] = None) -> None:
-        super().__init__(device)
+        super().__init__(export, device)
         import onnxruntime as ort
 
-        self.export = export
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RunnerError("ONNX Runtime has no CUDA execution provider here: pip install onnxruntime-gpu, "
                               "or run with --device cpu")
@@ -186,14 +185,6 @@ class OnnxRuntimeRunner(Runner):
         self._fingerprint = (f"onnxruntime-{ort.__version__}/{self.providers[0]}/wkv-{wkv}{route}/"
                              f"{export.manifest.precision}")
         self._sessions: dict = {}
-
-    @property
-    def graphs(self) -> tuple[str, ...]:
-        return self.export.graphs
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def _activate(self) -> None:
         self._sessions = {}

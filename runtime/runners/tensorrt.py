@@ -22,7 +22,7 @@ from hpcm.log import LOG
 from hpcm.export.artifact import PRECISIONS, ExportDir, Profile, file_sha256
 from hpcm.plugins.biwkv.contract import CONTRACT
 
-from .base import Runner
+from .base import ExportRunner
 
 PLUGIN_LIBRARY_NAME = "libhpcm_biwkv_trt_plugin.so"
 
@@ -87,7 +87,7 @@ def engine_precision(exported: str, requested: Optional[str]) -> str:
     return requested
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(ExportRunner):
     """Runs the graphs of an export folder as TensorRT engines (built on first use, then cached).
 
     ``profile``: image sizes the engines accept (default: the export's deployment profile);
@@ -100,8 +100,7 @@ class TensorRTRunner(Runner):
     def __init__(self, export: ExportDir, device: Optional[str] = None, precision: Optional[str] = None,
                  profile: Optional[Profile] = None, cache_dir: Optional[Path] = None,
                  plugin: Optional[Path] = None) -> None:
-        super().__init__(device)
-        self.export = export
+        super().__init__(export, device)
         manifest = export.manifest
         self.precision = engine_precision(manifest.precision, precision)
         self.trt = import_tensorrt()
@@ -119,14 +118,6 @@ class TensorRTRunner(Runner):
         self._plugin_loaded = False
         self._contexts: dict[str, tuple] = {}
         self.stream: Optional[torch.cuda.Stream] = None
-
-    @property
-    def graphs(self) -> tuple[str, ...]:
-        return self.export.graphs
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def _load_plugin(self) -> None:
         # Before any parse or deserialisation: engines reference the plugin's creator by name.
