@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpcm.native import NativeBuildError, compiler
+from hpcm.config import cxx_compiler
+from hpcm.native import NativeBuildError
 from hpcm.plugins.biwkv import biwkv_scan
 
-pytestmark = pytest.mark.skipif(compiler() is None, reason="needs a C++ compiler (g++, c++ or clang++; or CXX)")
+pytestmark = pytest.mark.skipif(cxx_compiler() is None, reason="needs a C++ compiler (g++, c++ or clang++; or CXX)")
 
 
 def _inputs(B: int, C: int, T: int, seed: int, absolute_decay: bool = False):
