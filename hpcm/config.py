@@ -11,9 +11,17 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from .errors import ConfigError
+
 # The variant and the untrained model's seed every command and factory uses when none is given.
 DEFAULT_VARIANT = "phase2"
 DEFAULT_SEED = 0
+
+# The largest image encode and decode accept, in pixels after padding to the model's alignment (the
+# size the networks process): their memory grows with it, about 0.9 GB per megapixel for eager phase2
+# on CPU (README, "Limits"). 2048 x 2048 takes every Kodak, CLIC and Tecnick image; raise it with
+# --max-pixels or HPCM_MAX_PIXELS for larger ones.
+DEFAULT_MAX_PIXELS = 2048 * 2048
 
 # name -> what it sets; tests/test_config.py checks that the README's table lists each one
 ENVIRONMENT = {
@@ -24,6 +32,8 @@ ENVIRONMENT = {
     "HPCM_BIWKV_ORT_OP": "a prebuilt native ONNX Runtime op library (instead of building one)",
     "HPCM_PURE_PYTHON_RANS": "1: use the pure-Python rANS coder even where the C++ one builds",
     "CXX": "C++ compiler for the native libraries (default g++, c++ or clang++ on PATH)",
+    "HPCM_MAX_PIXELS": "largest image, in pixels after padding, that encode and decode accept (default 4194304 "
+                       "= 2048x2048; the CLI's --max-pixels overrides it)",
 }
 
 # The repository root when running from a source checkout (the package folders sit beside it).
@@ -76,6 +86,16 @@ def cxx_compiler() -> Optional[str]:
     """The C++ compiler: ``$CXX`` as given (even when it does not exist: the build then says so),
     else the first of g++, c++, clang++ on PATH."""
     return _env("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+
+
+def max_pixels() -> int:
+    """The pixel limit per image of encode and decode: ``HPCM_MAX_PIXELS``, else ``DEFAULT_MAX_PIXELS``."""
+    value = _env("HPCM_MAX_PIXELS")
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"HPCM_MAX_PIXELS must be a positive whole number of pixels, got {value!r}")
+    return int(value)
 
 
 def default_image_folder() -> Path:

@@ -15,6 +15,10 @@ class HPCMError(Exception):
     """Root of the project's errors: a problem with input, configuration or environment."""
 
 
+class ConfigError(HPCMError, ValueError):
+    """A setting that cannot be used: an environment variable or option value out of range or malformed."""
+
+
 class VariantError(HPCMError, ValueError):
     """A variant name or spec that cannot be built (unknown name, bad field, out-of-range size)."""
 
@@ -57,3 +61,7 @@ class NativeBuildError(HPCMError, RuntimeError):
 
 class OutputError(HPCMError, ValueError):
     """An output path that cannot or must not be written (an input, a directory, unwritable)."""
+
+
+class TrainingError(HPCMError, RuntimeError):
+    """Training cannot go on: the loss or the weights became non-finite (nothing is saved)."""

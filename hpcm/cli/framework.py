@@ -29,6 +29,11 @@ def configure_logging() -> None:
     LOG.propagate = False
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (a compiler's or a library's text) become "; "."""
+    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+
+
 class _ReportsProjectErrors:
     """Turns a project error into click's one-line error exit (after setting up the logger)."""
 
@@ -37,7 +42,7 @@ class _ReportsProjectErrors:
         try:
             return super().invoke(ctx)
         except HPCMError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(one_line(str(exc))) from exc
 
 
 class ProjectGroup(_ReportsProjectErrors, click.Group):
