@@ -1,9 +1,10 @@
 """Entropy coder of the codec: interleaved rANS driven by a table index per symbol.
 
 ``rans_core.cpp`` is the implementation used in practice; it is compiled with the system C++
-compiler on first use and cached (``hpcm.config.cache_dir()``). Without a
-compiler the pure-Python implementation below, which produces the identical stream, is used with a
-warning (about 100x slower). The stream format is documented at the top of ``rans_core.cpp``.
+compiler on first use and cached (``hpcm.config.cache_dir()``). Where it cannot be built (no
+compiler, a failing one, an unusable cache folder) the pure-Python implementation below, which
+produces the identical stream, is used with a notice saying why (about 100x slower). The stream
+format is documented at the top of ``rans_core.cpp``.
 
 A coded stream (the bytes returned by :meth:`RansEncoder.flush`) is
 ``varint(number of rANS words) | rANS words (uint16 LE) | escapes (zigzag varints, to the end)``.
@@ -12,15 +13,17 @@ A coded stream (the bytes returned by :meth:`RansEncoder.flush`) is
 from __future__ import annotations
 
 import ctypes
-import warnings
+import functools
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from hpcm import config
 from hpcm.errors import BitstreamError, EntropyTableError, NativeBuildError
-from hpcm.native import build_shared_library
+from hpcm.log import LOG
+from hpcm.native import build_shared_library, library_path as library_file_path
 
 LANES = 4
 PROB_BITS = 16
@@ -30,7 +33,7 @@ LUT_BITS = 12
 # value - offset can never overflow.
 MAX_ABS_VALUE = 1 << 30
 
-_SOURCE = Path(__file__).with_name("rans_core.cpp")
+SOURCE = Path(__file__).with_name("rans_core.cpp")
 
 _i32p = ctypes.POINTER(ctypes.c_int32)
 _u32p = ctypes.POINTER(ctypes.c_uint32)
@@ -38,10 +41,20 @@ _u16p = ctypes.POINTER(ctypes.c_uint16)
 _i64p = ctypes.POINTER(ctypes.c_int64)
 
 
-def _compile_library() -> ctypes.CDLL | None:
+def library_path() -> Path:
+    """Where the compiled coder is cached (``hpcm.native``)."""
+    return library_file_path("hpcm_rans", [SOURCE])
+
+
+@functools.lru_cache(maxsize=None)
+def _load_library(cache_dir: str, compiler: Optional[str]) -> Optional[ctypes.CDLL]:
+    """The compiled coder, built on first use; None (with a notice saying why) when it cannot be built.
+    Cached per cache folder and compiler, so a changed configuration is tried afresh."""
     try:
-        target = build_shared_library("hpcm_rans", [_SOURCE])
-    except NativeBuildError:
+        target = build_shared_library("hpcm_rans", [SOURCE])
+    except NativeBuildError as exc:
+        LOG.warning(f"the native rANS coder is unavailable: {exc}; using the pure-Python coder instead "
+                    "(the same streams, about 100x slower)")
         return None
     lib = ctypes.CDLL(str(target))
     lib.hpcm_rans_encode.restype = ctypes.c_int64
@@ -56,21 +69,11 @@ def _compile_library() -> ctypes.CDLL | None:
     return lib
 
 
-_LIB: ctypes.CDLL | None = None
-_LIB_TRIED = False
-
-
-def native_library() -> ctypes.CDLL | None:
-    """The compiled coder, or None when no C++ compiler is available (or HPCM_PURE_PYTHON_RANS=1)."""
-    global _LIB, _LIB_TRIED
+def native_library() -> Optional[ctypes.CDLL]:
+    """The compiled coder, or None when it cannot be built here (or HPCM_PURE_PYTHON_RANS=1)."""
     if config.pure_python_rans():
         return None
-    if not _LIB_TRIED:
-        _LIB_TRIED = True
-        _LIB = _compile_library()
-        if _LIB is None:
-            warnings.warn("no C++ compiler found: using the slow pure-Python rANS coder", RuntimeWarning)
-    return _LIB
+    return _load_library(str(config.cache_dir()), config.cxx_compiler())
 
 
 def _ptr(a: np.ndarray, kind):  # noqa: ANN001 - ctypes pointer types have no useful annotation

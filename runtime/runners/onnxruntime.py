@@ -16,13 +16,16 @@ contract's custom node take one of two routes (``wkv_op_route()``):
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from hpcm.errors import ArtifactError, RunnerError
+from hpcm import config
+from hpcm.errors import ArtifactError, NativeBuildError, RunnerError
 from hpcm.export.artifact import ExportDir
+from hpcm.log import LOG
 from hpcm.plugins.biwkv.contract import CONTRACT
 
 from .base import ExportRunner
@@ -110,21 +113,27 @@ def to_contrib_domain(model):
     return copy, changed
 
 
-_route: Optional[str] = None
+@functools.lru_cache(maxsize=None)
+def _route_for(prebuilt: Optional[Path], include_dir: Optional[Path], cache_dir: Path, compiler: Optional[str]) -> str:
+    """The route under one configuration (the arguments are the settings it depends on: a changed
+    one is tried afresh)."""
+    from hpcm.plugins.biwkv.cpu import OrtOpUnavailable, ort_op_library
+
+    try:
+        ort_op_library()
+    except OrtOpUnavailable:
+        return "python"
+    except NativeBuildError as exc:
+        LOG.warning(f"the native ONNX Runtime op could not be built: {exc}; running the {CONTRACT.op_type} nodes "
+                    "as a Python op instead (correct, slower)")
+        return "python"
+    return "native"
 
 
 def wkv_op_route() -> str:
     """``native`` when the compiled custom-op library is available here, else ``python``."""
-    global _route
-    if _route is None:
-        from hpcm.plugins.biwkv.cpu import OrtOpUnavailable, ort_op_library
-
-        try:
-            ort_op_library()
-            _route = "native"
-        except OrtOpUnavailable:
-            _route = "python"
-    return _route
+    return _route_for(config.onnxruntime_op_library(), config.onnxruntime_include_dir(), config.cache_dir(),
+                      config.cxx_compiler())
 
 
 def cpu_session(path: Union[str, Path], route: Optional[str] = None):
