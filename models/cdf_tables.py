@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from hpcm.errors import EntropyTableError
+
 # The model buffers that hold the entropy tables, in the one order every digest of them uses (the
 # tables digest in each bitstream depends on it: changing it makes existing .hpcm files undecodable).
 TABLE_NAMES = ("scale_table", "quantized_cdf_y", "cdf_length_y", "offset_y",
@@ -120,8 +122,14 @@ def quantized_cdf_tables(
     """
     s = scales.detach().reshape(-1).to(device="cpu", dtype=torch.float64).clamp_min(scale_bound)
     if not torch.isfinite(s).all():
-        raise ValueError("scales must be finite")
+        raise EntropyTableError("scales must be finite to compute CDF tables")
     multiplier = ggm_upper_quantile(tail_mass / 2.0, beta)
+    # a row has a symbol per integer in +-scale*multiplier, each needing a frequency of at least 1:
+    # refuse scales whose rows cannot fit ``precision`` bits before allocating them
+    largest = (2 ** precision - 3) // 2 / multiplier
+    if float(s.max()) > largest:
+        raise EntropyTableError(f"a scale of {float(s.max()):.4g} is too large for {precision}-bit CDF tables "
+                                f"(at most {largest:.4g})")
     centers = torch.ceil(s * multiplier).to(torch.int64)
     lengths = 2 * centers + 1
     max_len = int(lengths.max())

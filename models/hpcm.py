@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -27,7 +28,12 @@ from .layers import DWConvRB, conv1x1
 from .layout import Y_ALIGNMENT, ScaleLayout
 from .progressive import STEPS, ProgressiveSchedule
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
-from .variants import CellSpec, CrossAttentionCellSpec, PriorSpec, VariantSpec, get_variant
+from .variants import VARIANTS, CellSpec, CrossAttentionCellSpec, PriorSpec, VariantSpec, get_variant
+
+# The most parameters a model built from a spec of unknown origin (a --variant file, a checkpoint) may
+# have: about four times phase4's 101 M, 1.6 GB of float32 weights. The spec's ranges alone
+# (variants.LIMITS) would allow 1.7 G.
+MAX_PARAMETERS = 400_000_000
 
 class SpatialPrior(nn.Module):
     """``branch_2(branch_1(x) * adaptive_param)``; branch_2 ends in conv1x1(3M, 2M)."""
@@ -235,10 +241,27 @@ class HPCM(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def check_model_size(spec: VariantSpec) -> None:
+    """Refuse a spec whose model would have more than ``MAX_PARAMETERS``, counted on the meta device
+    (module structure only, no memory) before anything is allocated. Built-in variants pass unchecked."""
+    if spec in VARIANTS.values():
+        return
+    with torch.device("meta"):
+        count = sum(p.numel() for p in HPCM(spec).parameters())
+    if count > MAX_PARAMETERS:
+        raise VariantError(f"variant {spec.name!r} would have {count:,} parameters, more than the {MAX_PARAMETERS:,} "
+                           "a model may have here (about four times phase4)")
+
+
 def build_model(variant: VariantSpec | str = DEFAULT_VARIANT, seed: Optional[int] = None) -> HPCM:
-    """A model of ``variant``; with ``seed`` its random initialisation is reproducible."""
+    """A model of ``variant`` (its size checked first); with ``seed`` its random initialisation is reproducible."""
+    spec = get_variant(variant)
+    try:
+        check_model_size(spec)
+    except VariantError as exc:
+        raise VariantError(f"{variant}: {exc}" if isinstance(variant, (str, Path)) else str(exc)) from exc
     if seed is None:
-        return HPCM(variant)
+        return HPCM(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return HPCM(variant)
+        return HPCM(spec)

@@ -3,18 +3,47 @@
 A new ablation (say RWKV only at s2) is a new ``VariantSpec`` value, never a new model class:
 
     spec = dataclasses.replace(VARIANTS["baseline"], name="rwkv-s2",
-                               cells=(CROSS_S1, RWKVCell(hidden_rate=3), CROSS_S3))
+                               cells=(CROSS_S1, RWKVCellSpec(hidden_rate=3), CROSS_S3))
+
+A spec is validated when it is made, wherever it comes from (the built-ins, ``dataclasses.replace``,
+a checkpoint, an export manifest, a ``--variant`` JSON file): field types, required fields and
+ranges, before any module is built. The ranges (``LIMITS``) keep the largest spec within about
+twice the official model's widths, so a spec from an untrusted file cannot ask for terabytes.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from hpcm.config import DEFAULT_VARIANT
 from hpcm.errors import VariantError
+
+# field -> (smallest, largest) of every integer a spec holds
+LIMITS = {
+    "M": (16, 640),  # official 320; a multiple of 16 (the 32 attention heads over 2M channels)
+    "N": (8, 640),  # official 256
+    "window": (1, 16),  # a power of two; official 4 and 8
+    "hidden_rate": (1, 8),  # RWKV channel-mix expansion; official RWKV uses 4
+    "num_blocks": (1, 4),
+    "rwkv_hidden_rate": (1, 8),
+    "prior_blocks": (0, 4),  # blocks per branch of a spatial prior; official 1 to 3
+}
+MAX_NAME = 64  # the bitstream stores the name in at most 64 ASCII bytes
+PRIOR_BLOCKS = ("dwconv", "rwkv")
+MAX_SPEC_FILE_BYTES = 1 << 20
+
+
+def _integer(value: Any, name: str) -> int:
+    """``value`` if it is an int (not a bool, float or text) within ``LIMITS[name]``."""
+    if type(value) is not int:
+        raise VariantError(f"{name} must be a whole number, got {value!r}")
+    low, high = LIMITS[name]
+    if not low <= value <= high:
+        raise VariantError(f"{name} = {value} is out of range ({low}..{high})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -22,14 +51,23 @@ class CrossAttentionCellSpec:
     window: int
     kind: Literal["cross_attention"] = "cross_attention"
 
+    def __post_init__(self) -> None:
+        _integer(self.window, "window")
+        if self.window & (self.window - 1):
+            raise VariantError(f"window = {self.window} must be a power of two")
+
 
 @dataclass(frozen=True)
 class RWKVCellSpec:
     hidden_rate: int
     kind: Literal["rwkv"] = "rwkv"
 
+    def __post_init__(self) -> None:
+        _integer(self.hidden_rate, "hidden_rate")
+
 
 CellSpec = Union[CrossAttentionCellSpec, RWKVCellSpec]
+_CELLS = {"cross_attention": CrossAttentionCellSpec, "rwkv": RWKVCellSpec}
 
 
 @dataclass(frozen=True)
@@ -39,6 +77,12 @@ class FusionSpec:
     kind: Literal["conv1x1", "rwkv"] = "conv1x1"
     num_blocks: int = 1
     hidden_rate: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv1x1", "rwkv"):
+            raise VariantError(f"unknown fusion kind {self.kind!r} (conv1x1 or rwkv)")
+        _integer(self.num_blocks, "num_blocks")
+        _integer(self.hidden_rate, "hidden_rate")
 
 
 @dataclass(frozen=True)
@@ -52,6 +96,19 @@ class PriorSpec:
     branch_2: tuple[str, ...]
     rwkv_hidden_rate: int = 2
 
+    def __post_init__(self) -> None:
+        for name in ("branch_1", "branch_2"):
+            blocks = getattr(self, name)
+            if not isinstance(blocks, tuple):
+                raise VariantError(f"{name} must be a list of block kinds, got {blocks!r}")
+            low, high = LIMITS["prior_blocks"]
+            if not low <= len(blocks) <= high:
+                raise VariantError(f"{name} has {len(blocks)} blocks; a branch takes {low}..{high}")
+            unknown = [b for b in blocks if b not in PRIOR_BLOCKS]
+            if unknown:
+                raise VariantError(f"{name}: unknown block kind {unknown[0]!r} ({' or '.join(PRIOR_BLOCKS)})")
+        _integer(self.rwkv_hidden_rate, "rwkv_hidden_rate")
+
 
 @dataclass(frozen=True)
 class VariantSpec:
@@ -64,31 +121,77 @@ class VariantSpec:
     M: int = 320
     N: int = 256
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME or not self.name.isascii() \
+                or not self.name.isprintable():
+            raise VariantError(f"name must be 1..{MAX_NAME} printable ASCII characters, got {self.name!r}")
+        if not isinstance(self.description, str):
+            raise VariantError(f"description must be text, got {self.description!r}")
+        if not isinstance(self.cells, tuple) or len(self.cells) != 3 \
+                or not all(isinstance(c, (CrossAttentionCellSpec, RWKVCellSpec)) for c in self.cells):
+            raise VariantError("cells must be three cell specs (s1, s2, s3)")
+        if not isinstance(self.fusion, FusionSpec) or not isinstance(self.prior_s1_s2, PriorSpec) \
+                or not isinstance(self.prior_s3, PriorSpec):
+            raise VariantError("fusion, prior_s1_s2 and prior_s3 must be FusionSpec and PriorSpec values")
+        _integer(self.M, "M")
+        _integer(self.N, "N")
+        if self.M % 16:
+            raise VariantError(f"M = {self.M} must be a multiple of 16")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "VariantSpec":
-        def cell(c: dict) -> CellSpec:
-            if c["kind"] == "cross_attention":
-                return CrossAttentionCellSpec(window=int(c["window"]))
-            if c["kind"] == "rwkv":
-                return RWKVCellSpec(hidden_rate=int(c["hidden_rate"]))
-            raise VariantError(f"unknown cell kind {c['kind']!r}")
+    def from_dict(cls, raw: Any) -> "VariantSpec":
+        """A spec from its ``to_dict`` form (a checkpoint, a manifest, a JSON file): every field checked;
+        unknown fields are refused rather than ignored."""
+        spec = _fields(raw, cls, "variant", required=("name", "cells"))
+        cells = spec.get("cells")
+        if not isinstance(cells, (list, tuple)) or len(cells) != 3:
+            raise VariantError(f"cells must be a list of three cells (s1, s2, s3), got {cells!r}")
+        built = []
+        for i, cell in enumerate(cells):
+            if not isinstance(cell, dict) or cell.get("kind") not in _CELLS:
+                kind = cell.get("kind") if isinstance(cell, dict) else cell
+                raise VariantError(f"cells[{i}]: unknown cell kind {kind!r} ({' or '.join(_CELLS)})")
+            kind = _CELLS[cell["kind"]]
+            required = [f.name for f in fields(kind) if f.name != "kind"]
+            built.append(_made(kind, _fields(cell, kind, f"cells[{i}]", required), f"cells[{i}]"))
+        spec["cells"] = tuple(built)
+        spec.setdefault("description", "")
+        if "fusion" in spec:
+            spec["fusion"] = _made(FusionSpec, _fields(spec["fusion"], FusionSpec, "fusion"), "fusion")
+        for prior in ("prior_s1_s2", "prior_s3"):
+            if prior in spec:
+                values = _fields(spec[prior], PriorSpec, prior, required=("branch_1", "branch_2"))
+                for branch in ("branch_1", "branch_2"):
+                    if not isinstance(values[branch], (list, tuple)):
+                        raise VariantError(f"{prior}.{branch} must be a list of block kinds, got {values[branch]!r}")
+                    values[branch] = tuple(values[branch])
+                spec[prior] = _made(PriorSpec, values, prior)
+        return cls(**spec)
 
-        def prior(p: dict) -> PriorSpec:
-            return PriorSpec(tuple(p["branch_1"]), tuple(p["branch_2"]), int(p.get("rwkv_hidden_rate", 2)))
 
-        return cls(
-            name=raw["name"],
-            description=raw.get("description", ""),
-            cells=tuple(cell(c) for c in raw["cells"]),
-            fusion=FusionSpec(**raw.get("fusion", {})),
-            prior_s1_s2=prior(raw["prior_s1_s2"]) if "prior_s1_s2" in raw else PriorSpec(("dwconv", "dwconv"), ("dwconv",)),
-            prior_s3=prior(raw["prior_s3"]) if "prior_s3" in raw else PriorSpec(("dwconv",) * 3, ("dwconv",) * 2),
-            M=int(raw.get("M", 320)),
-            N=int(raw.get("N", 256)),
-        )
+def _fields(raw: Any, kind: type, where: str, required: Sequence[str] = ()) -> dict:
+    """The fields of ``raw`` as a dict, refusing non-objects, unknown fields and missing required ones."""
+    if not isinstance(raw, dict):
+        raise VariantError(f"{where} must be an object with fields, got {type(raw).__name__}")
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise VariantError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise VariantError(f"{where}: missing field {missing[0]!r}")
+    return dict(raw)
+
+
+def _made(kind: type, values: dict, where: str) -> Any:
+    """``kind(**values)`` with a validation error prefixed by where the values came from."""
+    try:
+        return kind(**values)
+    except VariantError as exc:
+        raise VariantError(f"{where}: {exc}") from exc
 
 
 CROSS_S1 = CrossAttentionCellSpec(window=4)
@@ -111,6 +214,22 @@ VARIANTS: dict[str, VariantSpec] = {
 }
 
 
+def read_variant_file(path: Path) -> VariantSpec:
+    """A spec from a ``--variant`` JSON file; every problem is reported against the file."""
+    try:
+        if path.stat().st_size > MAX_SPEC_FILE_BYTES:
+            raise VariantError(f"{path} is larger than {MAX_SPEC_FILE_BYTES:,} bytes: not a variant file")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise VariantError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VariantError(f"{path} cannot be read as a variant file ({exc})") from exc
+    try:
+        return VariantSpec.from_dict(raw)
+    except VariantError as exc:
+        raise VariantError(f"{path}: {exc}") from exc
+
+
 def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:
     """A variant by name, by JSON file (``VariantSpec.to_dict`` layout), or as given."""
     if isinstance(variant, VariantSpec):
@@ -119,5 +238,5 @@ def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:
         return VARIANTS[str(variant)]
     path = Path(variant)
     if path.suffix == ".json" and path.is_file():
-        return VariantSpec.from_dict(json.loads(path.read_text()))
+        return read_variant_file(path)
     raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)} (or a variant .json file)")

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hpcm.cli import main
+from hpcm.codec.images import read_image
 from hpcm.models import build_model
 from hpcm.models.checkpoint import CheckpointError, convert_model, load_checkpoint, read_checkpoint, save_checkpoint
 from hpcm.models.train import TrainConfig, parameter_groups, train
@@ -40,7 +41,7 @@ def test_wrong_variant_and_bad_files_fail_clearly(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     raw = tmp_path / "raw.pth"
     torch.save(build_model("phase2", seed=0).state_dict(), raw)
-    with pytest.raises(CheckpointError, match="does not fit variant 'baseline'"):
+    with pytest.raises(CheckpointError, match="does not fit baseline.*--variant"):
         load_checkpoint(raw)
 
 
@@ -79,7 +80,8 @@ def image_folder(tmp_path):
 def test_trainer_runs_and_learns(image_folder):
     model = build_model("phase2", seed=0)
     before = model.attn_s1.decay.detach().clone()
-    losses = train(model, TrainConfig(images=image_folder, steps=3, batch_size=1, crop=128, lr=1e-3), log=None)
+    images = [read_image(path) for path in sorted(image_folder.iterdir())]
+    losses = train(model, TrainConfig(steps=3, batch_size=1, crop=128, lr=1e-3), images, log=None)
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert not torch.equal(model.attn_s1.decay, before)
 

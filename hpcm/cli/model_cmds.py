@@ -43,11 +43,13 @@ def info(variant: str | None, checkpoint: Path | None) -> None:
 def convert(source: Path, target: str, source_variant: str | None, output: Path, seed: int) -> None:
     """Migrate a checkpoint to another variant (e.g. phase1 -> phase2): every tensor with the same
     name and shape is carried, new modules are initialised, and both lists are reported."""
+    from hpcm.files import check_output
     from hpcm.models.checkpoint import convert_model, save_checkpoint
 
+    check_output(output, [source])
     model = _load(source_variant, source)
     converted, report = convert_model(model, target, seed=seed)
-    save_checkpoint(converted, output)
+    save_checkpoint(converted, output, inputs=(source,))
     click.echo(f"{model.spec.name} -> {converted.spec.name}: {report.summary()}")
     click.echo(f"wrote {output}")
 
@@ -57,22 +59,35 @@ def convert(source: Path, target: str, source_variant: str | None, output: Path,
 @variant_option()
 @click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="start from these weights")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="checkpoint to write")
-@click.option("--steps", default=100, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--crop", default=256, show_default=True, help="square crop side (multiple of the alignment)")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--crop", default=256, show_default=True, type=click.IntRange(min=1),
+              help="square crop side (multiple of the alignment)")
 @click.option("--lmbda", default=0.0067, show_default=True, help="rate-distortion trade-off")
 @click.option("--lr", default=1e-4, show_default=True, help="learning rate (decay/boost get a tenth)")
 @click.option("--device", default="cpu", show_default=True)
 def train(images: Path, variant: str, checkpoint: Path | None, output: Path, steps: int, batch_size: int,
           crop: int, lmbda: float, lr: float, device: str) -> None:
-    """Train on random crops of a folder of images (loss lambda*255^2*MSE + bpp); a convenience."""
+    """Train on random crops of the images under IMAGES (loss lambda*255^2*MSE + bpp); a convenience.
+
+    Unreadable images are skipped with a notice; the output is checked before training starts, and
+    written only when training ends with finite weights, with entropy tables of the trained weights."""
+    from hpcm.codec.images import image_files, iterate_images
+    from hpcm.errors import ImageError
+    from hpcm.files import check_output
     from hpcm.models.checkpoint import save_checkpoint
     from hpcm.models.train import TrainConfig, train as run
 
+    config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lmbda=lmbda, lr=lr, device=device)
+    paths = image_files(images, recursive=True)
+    inputs = (checkpoint, *paths)
+    check_output(output, inputs)
     model = _load(variant, checkpoint)
-    config = TrainConfig(images=images, steps=steps, batch_size=batch_size, crop=crop, lmbda=lmbda, lr=lr, device=device)
-    run(model, config, log=click.echo)
-    save_checkpoint(model.cpu(), output)
+    pictures = [pixels for _, pixels in iterate_images(paths)]
+    if not pictures:
+        raise ImageError(f"no readable images under {images}")
+    run(model, config, pictures, log=click.echo)
+    save_checkpoint(model.cpu(), output, inputs=inputs)
     click.echo(f"wrote {output}")
 
 
