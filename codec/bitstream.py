@@ -17,7 +17,10 @@ All integers little-endian::
 
 Parsing touches only the header and the CRCs, never a network, so a corrupt file fails in
 microseconds with a BitstreamError; every length is checked against the bytes actually present
-before anything is allocated from it.
+before anything is allocated from it. ``read_file`` reads the header from a file's first
+``MAX_HEADER_BYTES`` and then exactly the payload it declares, so /dev/zero, /dev/urandom or a file
+larger than its header says end in a BitstreamError, not in reading without end. (What a header
+claims is checked against the model and the pixel limit by ``Codec.check_header``.)
 
 The digests are 8 bytes, not full hashes: they guard against decoding with the wrong model or on
 the wrong backend by accident, not against forgery, and every header byte costs rate on small images.
@@ -25,9 +28,13 @@ the wrong backend by accident, not against forgery, and every header byte costs 
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
 
 from hpcm.errors import BitstreamError
 
@@ -37,6 +44,8 @@ MAX_NAME = 64
 MAX_STREAMS = 8
 MAX_SIDE = 1 << 16
 DIGEST_BYTES = 8
+# the longest header: magic, version, name, three digests, size and padding, count, stream table, CRC
+MAX_HEADER_BYTES = 4 + 1 + 1 + MAX_NAME + 3 * DIGEST_BYTES + 12 + 1 + 8 * MAX_STREAMS + 4
 
 
 @dataclass(frozen=True)
@@ -107,12 +116,23 @@ class _Reader:
         return text
 
 
-def unpack(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and verify a bitstream; raises BitstreamError on any inconsistency."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a parsed header says the payload lies: header length and each stream's (length, CRC)."""
+
+    header_bytes: int
+    streams: tuple[tuple[int, int], ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.header_bytes + sum(length for length, _ in self.streams)
+
+
+def parse_header(data: bytes) -> tuple[Header, Layout]:
+    """Parse and CRC-check the header at the start of ``data`` (the payload need not be there)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError("bitstream must be bytes")
-    data = bytes(data)
-    r = _Reader(data)
+    r = _Reader(bytes(data[:MAX_HEADER_BYTES]))
     if r.take(4, "magic") != MAGIC:
         raise BitstreamError("not an HPCM bitstream (bad magic)")
     version = r.take(1, "version")[0]
@@ -126,24 +146,60 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
     count = r.take(1, "stream count")[0]
     if not 0 < count <= MAX_STREAMS:
         raise BitstreamError(f"invalid stream count {count}")
-    entries = [struct.unpack("<II", r.take(8, "stream table")) for _ in range(count)]
+    entries = tuple(struct.unpack("<II", r.take(8, "stream table")) for _ in range(count))
     (crc,) = struct.unpack("<I", r.take(4, "header CRC"))
-    if zlib.crc32(data[: r.pos - 4]) != crc:
+    if zlib.crc32(r.data[: r.pos - 4]) != crc:
         raise BitstreamError("header CRC mismatch: the header is corrupt")
     # checked after the CRC so that a corrupt field reports as corruption, not as a bad value
     if not 0 < height <= MAX_SIDE or not 0 < width <= MAX_SIDE:
         raise BitstreamError(f"image size {width}x{height} out of range")
-    total = sum(length for length, _ in entries)
-    if r.pos + total != len(data):
-        raise BitstreamError(
-            f"bitstream is {len(data)} bytes but its header describes {r.pos + total}: truncated or extended")
+    header = Header(variant, weights_digest, tables_digest, backend_digest, height, width, pad_bottom, pad_right)
+    return header, Layout(r.pos, entries)
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes]]:
+    """Parse and verify a bitstream; raises BitstreamError on any inconsistency."""
+    header, layout = parse_header(data)
+    data = bytes(data)
+    if layout.total_bytes != len(data):
+        raise BitstreamError(f"bitstream is {len(data)} bytes but its header describes {layout.total_bytes}: "
+                             "truncated or extended")
     streams = []
-    pos = r.pos
-    for i, (length, stream_crc) in enumerate(entries):
+    pos = layout.header_bytes
+    for i, (length, stream_crc) in enumerate(layout.streams):
         s = data[pos:pos + length]
         if zlib.crc32(s) != stream_crc:
             raise BitstreamError(f"stream {i} CRC mismatch: the payload is corrupt")
         streams.append(s)
         pos += length
-    header = Header(variant, weights_digest, tables_digest, backend_digest, height, width, pad_bottom, pad_right)
     return header, streams
+
+
+def read_file(path: Union[str, Path]) -> bytes:
+    """The bytes of a bitstream file, read bounded: the header from the first bytes, then exactly the
+    payload it declares (compared with a regular file's size before reading). A device or pipe is read
+    no further than that, so /dev/zero or an endless pipe cannot grow memory. Errors name ``path``."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            start = f.read(MAX_HEADER_BYTES)
+            try:
+                _, layout = parse_header(start)
+            except BitstreamError as exc:
+                raise BitstreamError(f"{path}: {exc}") from exc
+            size = os.fstat(f.fileno()).st_size if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
+            if size is not None and size != layout.total_bytes:
+                raise BitstreamError(f"{path}: the file is {size} bytes but its header describes "
+                                     f"{layout.total_bytes}: truncated or extended")
+            rest = f.read(max(0, layout.total_bytes - len(start)) + 1)
+    except FileNotFoundError as exc:
+        raise BitstreamError(f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise BitstreamError(f"{path}: is a folder, not a bitstream") from exc
+    except OSError as exc:
+        raise BitstreamError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    data = start + rest
+    if len(data) != layout.total_bytes:
+        raise BitstreamError(f"{path}: {'extended' if len(data) > layout.total_bytes else 'truncated'}: its header "
+                             f"describes {layout.total_bytes} bytes")
+    return data

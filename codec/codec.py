@@ -36,7 +36,7 @@ from typing import Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
-from hpcm.errors import BitstreamError, CodingError, ImageError
+from hpcm.errors import BitstreamError, CodingError, EntropyTableError, ImageError
 from hpcm.models.cdf_tables import TABLE_NAMES, scale_indexes
 from hpcm.models.graphs import Y_STRIDE, Z_STRIDE, GraphNetworks
 from hpcm.models.layout import ScaleLayout
@@ -44,6 +44,7 @@ from hpcm.models.progressive import ProgressiveSchedule
 
 from . import bitstream
 from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
+from .images import check_pixel_count
 from .rans import MAX_ABS_VALUE, RansDecoder, RansEncoder
 from .tables import EntropyTables, tensor_digest
 
@@ -88,12 +89,20 @@ class CodecParameters:
     tables: EntropyTables
     weights_digest: bytes
 
+    def __post_init__(self) -> None:
+        source = self.tables.source
+        if self.tables.z.count != self.N:
+            raise EntropyTableError(f"{source}: {self.tables.z.count} z CDF rows for N = {self.N} channels")
+        if tuple(self.means_hyper.shape) != (1, self.N, 1, 1) or not torch.isfinite(self.means_hyper).all():
+            raise EntropyTableError(f"{source}: means_hyper must be finite of shape (1, {self.N}, 1, 1)")
+
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> "CodecParameters":
-        """From an ``HPCM`` with entropy tables (``model.update()`` computes them once)."""
+    def from_model(cls, model: torch.nn.Module, source: str | None = None) -> "CodecParameters":
+        """From an ``HPCM`` with entropy tables (``model.update()`` computes them once); ``source`` names
+        where the model came from in error messages (a checkpoint's path)."""
         return cls(variant=model.spec.name, M=int(model.M), N=int(model.N), alignment=int(model.alignment),
                    means_hyper=model.means_hyper.detach().float().cpu().clone(),
-                   tables=EntropyTables.from_model(model), weights_digest=weights_digest(model))
+                   tables=EntropyTables.from_model(model, source), weights_digest=weights_digest(model))
 
 
 @dataclass
@@ -139,13 +148,38 @@ def pad_image(x: torch.Tensor, alignment: int) -> tuple[torch.Tensor, int, int]:
     return x, pad_b, pad_r
 
 
-def _check_image(x: torch.Tensor) -> None:
+def padded_size(height: int, width: int, alignment: int) -> tuple[int, int]:
+    """The size the networks process: each side padded up to a multiple of ``alignment``."""
+    return height + (-height) % alignment, width + (-width) % alignment
+
+
+def _check_image(x: torch.Tensor, alignment: int, max_pixels: int | None) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ImageError(f"expected an image tensor of shape (1, 3, H, W), got {getattr(x, 'shape', type(x))}")
-    if not 0 < x.shape[2] <= bitstream.MAX_SIDE or not 0 < x.shape[3] <= bitstream.MAX_SIDE:
+    height, width = int(x.shape[2]), int(x.shape[3])
+    if not 0 < height <= bitstream.MAX_SIDE or not 0 < width <= bitstream.MAX_SIDE:
         raise ImageError(f"image sides must be in 1..{bitstream.MAX_SIDE}")
+    check_pixel_count("the image", height, width, max_pixels, padded_size(height, width, alignment))
     if not torch.isfinite(x).all():
         raise ImageError("image has non-finite values")
+
+
+# what torch's CPU allocator and CUDA say when an allocation fails (RuntimeError or OutOfMemoryError)
+_ALLOCATION_FAILURES = ("can't allocate memory", "out of memory")
+
+
+@contextlib.contextmanager
+def _memory_for(height: int, width: int) -> Iterator[None]:
+    """Report a failed allocation while coding a ``height`` x ``width`` (padded) image as a CodingError
+    saying what to do, instead of the allocator's traceback."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not any(text in str(exc) for text in _ALLOCATION_FAILURES):
+            raise
+        raise CodingError(f"not enough memory to run the networks at {width}x{height} ({height * width:,} pixels "
+                          "after padding): free memory, or lower --max-pixels (HPCM_MAX_PIXELS) to refuse such "
+                          "images up front") from exc
 
 
 def _z_indexes(shape: torch.Size) -> torch.Tensor:
@@ -163,9 +197,10 @@ def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
 class Codec:
     """compress / decompress with ``runner``'s networks and ``parameters``' tables."""
 
-    def __init__(self, runner: Runner, parameters: CodecParameters) -> None:
+    def __init__(self, runner: Runner, parameters: CodecParameters, max_pixels: int | None = None) -> None:
         self.runner = runner
         self.parameters = parameters
+        self.max_pixels = max_pixels  # None: the configured limit (hpcm.config.max_pixels)
         self.device = torch.device(runner.device)
         self.networks = GraphNetworks(runner)
         self.schedule = ProgressiveSchedule(ScaleLayout(parameters.M), self.networks)
@@ -187,7 +222,7 @@ class Codec:
     # ------------------------------------------------------------------ latents
     def _analyse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
         """(padded x, y, z residual symbols, z_hat, pad_bottom, pad_right) of an image in [0, 1]."""
-        _check_image(x)
+        _check_image(x, self.alignment, self.max_pixels)
         xp, pad_b, pad_r = pad_image(x.to(device=self.device, dtype=torch.float32).clamp(0.0, 1.0), self.alignment)
         y, z = self.networks.analyse(xp)
         z_q = _round_symbols(z - self.means_hyper)
@@ -222,13 +257,15 @@ class Codec:
 
     # ------------------------------------------------------------------ coding
     def compress(self, x: torch.Tensor, guard_epsilon: float = DEFAULT_EPSILON) -> EncodeResult:
-        """Encode an image ``x`` in [0, 1] of shape (1, 3, H, W), any H and W.
+        """Encode an image ``x`` in [0, 1] of shape (1, 3, H, W), any H and W whose padded size is
+        within the pixel limit (``max_pixels``).
 
         ``guard_epsilon``: relative scale error a decoder on another backend may have and still
         decode (0 disables the guard stream's positions: same-backend decoding only)."""
         tables = self.parameters.tables
         height, width = x.shape[-2:]
-        with torch.no_grad(), deterministic_precision(self.device):
+        with torch.no_grad(), deterministic_precision(self.device), \
+                _memory_for(*padded_size(int(height), int(width), self.alignment)):
             xp, y, z_q, z_hat, pad_b, pad_r = self._analyse(x)
             if z_q.shape[1] != tables.z.count:
                 raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
@@ -256,7 +293,10 @@ class Codec:
         return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
 
     def check_header(self, header: bitstream.Header, streams: list[bytes]) -> None:
-        """Everything about a parsed bitstream that can be checked before a network runs."""
+        """Everything about a parsed bitstream that can be checked before a network runs: it belongs to
+        this model, its padding fits the alignment, the networks' size is within the pixel limit, and
+        its streams are long enough for the symbols it claims (a weak bound: a flat image codes a
+        symbol in a fraction of a bit, so the pixel limit is what bounds the decoder's memory)."""
         params, tables = self.parameters, self.parameters.tables
         if header.variant != params.variant:
             raise BitstreamError(f"bitstream was encoded with variant {header.variant!r}, the model is "
@@ -266,8 +306,9 @@ class Codec:
                                  f"(weights digest {header.weights_digest.hex()} != {params.weights_digest.hex()}); "
                                  "decode with the checkpoint or export that encoded it")
         if header.tables_digest != tables.digest:
-            raise BitstreamError(f"bitstream was encoded with other entropy tables than {tables.source}'s; "
-                                 "decode with the checkpoint or export that encoded it")
+            raise BitstreamError(f"bitstream's entropy tables (digest {header.tables_digest.hex()}) are not those of "
+                                 f"{tables.source} ({tables.digest.hex()}): it was encoded with another checkpoint or "
+                                 f"export, or {tables.source} was altered")
         if len(streams) != 3:
             raise BitstreamError(f"expected 3 streams (z, y, guard), found {len(streams)}")
         align = params.alignment
@@ -275,6 +316,7 @@ class Codec:
         if header.pad_bottom >= align or header.pad_right >= align or ph % align or pw % align:
             raise BitstreamError(f"padding {header.pad_bottom}/{header.pad_right} is inconsistent with the "
                                  f"model's alignment {align}")
+        check_pixel_count("the stream's image", header.height, header.width, self.max_pixels, (ph, pw))
         z_count = tables.z.count * (ph // Z_STRIDE) * (pw // Z_STRIDE)
         y_count = params.M * (ph // Y_STRIDE) * (pw // Y_STRIDE)
         for name, count, min_bits, stream in (("z", z_count, tables.min_bits_z, streams[0]),
@@ -294,7 +336,7 @@ class Codec:
                           BackendMismatchWarning, stacklevel=2)
         tables = self.parameters.tables
         ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
-        with torch.no_grad(), deterministic_precision(self.device):
+        with torch.no_grad(), deterministic_precision(self.device), _memory_for(ph, pw):
             z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))
             z_dec = RansDecoder(streams[0], tables.z)
             z_q = torch.from_numpy(z_dec.decode(_z_indexes(z_shape))).reshape(z_shape)

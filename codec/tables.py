@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
 
 from hpcm.errors import EntropyTableError
 from hpcm.models.cdf_tables import TABLE_NAMES
+from hpcm.models.checkpoint import hash_tensors
 
 from .rans import CdfTables
 
@@ -25,18 +26,29 @@ DIGEST_BYTES = 8
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
-def _as_tensor(value: ArrayLike) -> torch.Tensor:
-    return value.detach().cpu() if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+def _as_tensor(name: str, value: ArrayLike, source: str) -> torch.Tensor:
+    """``value`` as a CPU tensor, its dtype kept (the tables digest covers it)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.number):
+        raise EntropyTableError(f"{source}: {name} must hold numbers, not {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _check_kind(name: str, tensor: torch.Tensor, source: str) -> None:
+    """Floats for the scale table, integers for the CDF tables (a float CDF would be truncated silently)."""
+    floating = tensor.dtype.is_floating_point
+    if floating != (name == "scale_table") or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise EntropyTableError(f"{source}: {name} must hold {'floats' if name == 'scale_table' else 'integers'}, "
+                                f"not {tensor.dtype}")
 
 
 def tensor_digest(items: list[tuple[str, torch.Tensor]]) -> bytes:
-    """SHA-256 prefix over named tensors (name, dtype, shape and bytes, in the order given)."""
-    h = hashlib.sha256()
-    for name, t in items:
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.digest()[:DIGEST_BYTES]
+    """SHA-256 prefix over named tensors (``hash_tensors``: name, dtype, shape and bytes, in the order given)."""
+    digest = hashlib.sha256()
+    hash_tensors(digest, items)
+    return digest.digest()[:DIGEST_BYTES]
 
 
 class EntropyTables:
@@ -47,11 +59,13 @@ class EntropyTables:
         if missing:
             raise EntropyTableError(f"{source} lacks the entropy table(s) {', '.join(missing)}")
         self.source = source
-        self.arrays = {n: _as_tensor(arrays[n]) for n in TABLE_NAMES}
+        self.arrays = {n: _as_tensor(n, arrays[n], source) for n in TABLE_NAMES}
         empty = [n for n, t in self.arrays.items() if t.numel() == 0]
         if empty:
             raise EntropyTableError(f"{source} has no entropy tables ({', '.join(empty)} empty): "
                                     "compute them once with model.update() and save them with the weights")
+        for name, tensor in self.arrays.items():
+            _check_kind(name, tensor, source)
         try:
             self.y = CdfTables(self.arrays["quantized_cdf_y"], self.arrays["cdf_length_y"], self.arrays["offset_y"])
             self.z = CdfTables(self.arrays["quantized_cdf_z"], self.arrays["cdf_length_z"], self.arrays["offset_z"])
@@ -63,8 +77,9 @@ class EntropyTables:
         self.min_bits_z = self._min_symbol_bits(self.z)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> "EntropyTables":
-        return cls({n: getattr(model, n) for n in TABLE_NAMES}, source=f"the {model.spec.name} model")
+    def from_model(cls, model: torch.nn.Module, source: Optional[str] = None) -> "EntropyTables":
+        """The model's tables; ``source`` (e.g. its checkpoint's path) names them in error messages."""
+        return cls({n: getattr(model, n) for n in TABLE_NAMES}, source=source or f"the {model.spec.name} model")
 
     def _checked_scale_table(self) -> torch.Tensor:
         table = self.arrays["scale_table"]

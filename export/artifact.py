@@ -292,19 +292,20 @@ class ExportDir:
         """The codec's non-network state, from ``codec.npz`` and the manifest."""
         file = self.path / self.manifest.codec_file.file
         try:
-            with np.load(file, allow_pickle=False) as stored:
+            stored = np.load(file, allow_pickle=False)
+            if not isinstance(stored, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an archive")
+            with stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (OSError, ValueError, KeyError) as exc:
-            raise ArtifactError(f"{file} is not a readable codec parameter file ({exc}); re-export the folder") \
-                from exc
+        except Exception as exc:  # numpy and zipfile raise many types for a damaged archive
+            raise ArtifactError(f"{file} is damaged: not a readable codec parameter archive ({type(exc).__name__}); "
+                                "re-export the folder") from exc
         if MEANS_HYPER not in arrays:
             raise ArtifactError(f"{file} lacks {MEANS_HYPER}; re-export the folder")
         spec = self.manifest.variant
-        means = torch.from_numpy(arrays.pop(MEANS_HYPER)).float()
-        if tuple(means.shape) != (1, spec.N, 1, 1) or not torch.isfinite(means).all():
-            raise ArtifactError(f"{file}: {MEANS_HYPER} must be finite of shape (1, {spec.N}, 1, 1)")
         return CodecParameters(variant=spec.name, M=spec.M, N=spec.N, alignment=self.manifest.alignment,
-                               means_hyper=means, tables=EntropyTables(arrays, source=str(file)),
+                               means_hyper=torch.from_numpy(arrays.pop(MEANS_HYPER)).float(),
+                               tables=EntropyTables(arrays, source=str(file)),
                                weights_digest=bytes.fromhex(self.manifest.weights_digest))
 
     def describe(self) -> str:

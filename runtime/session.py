@@ -54,13 +54,14 @@ def codec_parameters(model: Optional[HPCM], export: Optional[ExportDir]) -> Code
 
 @contextlib.contextmanager
 def codec_session(backend: str, model: Optional[HPCM] = None, export: Optional[ExportDir] = None,
-                  device: Optional[str] = None, **options: Any) -> Iterator[Codec]:
+                  device: Optional[str] = None, max_pixels: Optional[int] = None, **options: Any) -> Iterator[Codec]:
     """A codec on an active runner (deactivated when the block ends): ``eager`` codes with ``model``
-    and its tables, the graph backends with ``export`` and the export's parameters."""
+    and its tables, the graph backends with ``export`` and the export's parameters. ``max_pixels``:
+    the codec's pixel limit (default: the configured one)."""
     runner = open_runner(backend, model=model, export=export, device=device, **options)
     parameters = export.codec_parameters if backend in GRAPH_RUNNERS else CodecParameters.from_model(model)
     with runner:
-        yield Codec(runner, parameters)
+        yield Codec(runner, parameters, max_pixels=max_pixels)
 
 
 def eager_codec(model: HPCM, device: Optional[str] = None) -> Codec:

@@ -14,7 +14,7 @@ import click
 from hpcm.log import LOG
 
 from .options import (backend_option, checkpoint_option, default_backend, device_option, export_option,
-                      image_folder, images_options, load_model, open_export, variant_option)
+                      image_folder, images_options, load_model, max_pixels_option, open_export, variant_option)
 
 
 @contextlib.contextmanager
@@ -28,7 +28,7 @@ def _warnings_as_notices() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _codec(variant: Optional[str], checkpoint: Optional[Path], export_dir: Optional[Path], backend: Optional[str],
-           device: Optional[str]):  # noqa: ANN202 - yields a Codec
+           device: Optional[str], max_pixels: Optional[int]):  # noqa: ANN202 - yields a Codec
     """The codec the options describe: a model (eager) or an export folder's graphs."""
     from hpcm.runtime.session import codec_session
 
@@ -38,10 +38,10 @@ def _codec(variant: Optional[str], checkpoint: Optional[Path], export_dir: Optio
             raise click.UsageError("--variant and --export exclude each other: the export fixes the variant")
         if checkpoint is not None:
             raise click.UsageError("--checkpoint and --export exclude each other: the export holds its weights")
-        with codec_session(backend, export=open_export(export_dir), device=device) as codec:
+        with codec_session(backend, export=open_export(export_dir), device=device, max_pixels=max_pixels) as codec:
             yield codec
         return
-    with codec_session(backend, model=load_model(variant, checkpoint), device=device) as codec:
+    with codec_session(backend, model=load_model(variant, checkpoint), device=device, max_pixels=max_pixels) as codec:
         yield codec
 
 
@@ -54,25 +54,29 @@ def _codec(variant: Optional[str], checkpoint: Optional[Path], export_dir: Optio
 @export_option
 @backend_option
 @device_option
-def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Optional[Path],
-           export_dir: Optional[Path], backend: Optional[str], device: Optional[str]) -> None:
+@max_pixels_option
+def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Optional[Path], export_dir: Optional[Path],
+           backend: Optional[str], device: Optional[str], max_pixels: Optional[int]) -> None:
     """Compress IMAGE (8-bit RGB/gray, any size) to a .hpcm bitstream.
 
     With --export, the networks run as exported graphs (ONNX Runtime or TensorRT); any backend whose
     scale error stays within the stream's boundary guard decodes the stream."""
-    from hpcm.codec.images import load_image
+    from hpcm.codec.codec import padded_size
+    from hpcm.codec.images import check_pixel_count, load_image
     from hpcm.files import atomic_output, check_output
 
-    check_output(output, inputs=[image])
-    x = load_image(image)
-    with _codec(variant, checkpoint, export_dir, backend, device) as codec:
+    inputs = [image, checkpoint, export_dir]
+    check_output(output, inputs)
+    x = load_image(image, max_pixels)
+    h, w = x.shape[-2:]
+    with _codec(variant, checkpoint, export_dir, backend, device, max_pixels) as codec:
+        check_pixel_count(str(image), h, w, max_pixels, padded_size(h, w, codec.alignment))
         start = time.perf_counter()
         with _warnings_as_notices():
             data = codec.compress(x).data
         elapsed = time.perf_counter() - start
-    with atomic_output(output, inputs=[image]) as tmp:
+    with atomic_output(output, inputs) as tmp:
         tmp.write_bytes(data)
-    h, w = x.shape[-2:]
     click.echo(f"{image.name}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp, "
                f"encoded in {elapsed:.2f} s ({codec.variant}, {codec.fingerprint}) -> {output}")
 
@@ -85,62 +89,57 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
 @export_option
 @backend_option
 @device_option
+@max_pixels_option
 def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir: Optional[Path],
-           backend: Optional[str], device: Optional[str]) -> None:
+           backend: Optional[str], device: Optional[str], max_pixels: Optional[int]) -> None:
     """Decompress a .hpcm BITSTREAM to a PNG (with --export: on the export's graphs).
 
     Without --checkpoint or --export, the stream must come from the seeded untrained model of a
     built-in variant (the default of `hpcm encode`)."""
     from hpcm.codec import inspect
-    from hpcm.codec.images import save_png
-    from hpcm.errors import BitstreamError
+    from hpcm.codec.bitstream import read_file
+    from hpcm.codec.images import check_pixel_count, save_png
+    from hpcm.errors import BitstreamError, ImageError
     from hpcm.files import check_output
     from hpcm.models import VARIANTS
 
-    check_output(output, inputs=[bitstream])
-    data = _read_bitstream(bitstream)
+    inputs = [bitstream, checkpoint, export_dir]
+    check_output(output, inputs)
+    data = read_file(bitstream)
     try:
         header = inspect(data)
     except BitstreamError as exc:
         raise BitstreamError(f"{bitstream}: {exc}") from exc
+    # the claimed size, refused before a model is even loaded (the codec checks it again with its alignment)
+    check_pixel_count(str(bitstream), header.height, header.width, max_pixels,
+                      (header.height + header.pad_bottom, header.width + header.pad_right))
     # the name comes from an untrusted file: never let it select a variant .json path
     if checkpoint is None and export_dir is None and header.variant not in VARIANTS:
         raise click.ClickException(f"{bitstream}: encoded with variant {header.variant!r}; "
                                    "pass the checkpoint that encoded it with --checkpoint")
     variant = None if checkpoint is not None or export_dir is not None else header.variant
-    with _codec(variant, checkpoint, export_dir, backend, device) as codec:
+    with _codec(variant, checkpoint, export_dir, backend, device, max_pixels) as codec:
         start = time.perf_counter()
         try:
             with _warnings_as_notices():
                 x_hat = codec.decompress(data).x_hat
-        except BitstreamError as exc:
-            raise BitstreamError(f"{bitstream}: {exc}") from exc
+        except (BitstreamError, ImageError) as exc:  # the stream's fault; table or model faults name their file
+            raise type(exc)(f"{bitstream}: {exc}") from exc
         elapsed = time.perf_counter() - start
-    save_png(x_hat, output, inputs=[bitstream])
+    save_png(x_hat, output, inputs)
     click.echo(f"{bitstream.name}: {header.width}x{header.height}, "
                f"{8 * len(data) / (header.width * header.height):.4f} bpp, decoded in {elapsed:.2f} s "
                f"({codec.fingerprint}) -> {output}")
-
-
-def _read_bitstream(path: Path) -> bytes:
-    from hpcm.errors import BitstreamError
-
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise BitstreamError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise BitstreamError(f"{path}: {exc.strerror or exc}") from exc
 
 
 @click.command(name="inspect")
 @click.argument("bitstream", type=click.Path(dir_okay=False, path_type=Path))
 def inspect_cmd(bitstream: Path) -> None:
     """Print the header of a .hpcm BITSTREAM (checks its CRCs, needs no model)."""
-    from hpcm.codec.bitstream import unpack
+    from hpcm.codec.bitstream import read_file, unpack
     from hpcm.errors import BitstreamError
 
-    data = _read_bitstream(bitstream)
+    data = read_file(bitstream)
     try:
         header, streams = unpack(data)
     except BitstreamError as exc:
@@ -190,7 +189,7 @@ def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Opt
     from hpcm.runtime.session import codec_parameters, open_runner
 
     if output is not None:
-        check_output(output)
+        check_output(output, [checkpoint])
     export = open_export(export_dir) if export_dir is not None else None
     model = load_model(variant, checkpoint)
     parameters = codec_parameters(model, export)
@@ -210,7 +209,7 @@ def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Opt
     if output is None:
         click.echo(text)
     else:
-        with atomic_output(output) as tmp:
+        with atomic_output(output, [checkpoint]) as tmp:
             tmp.write_text(text)
         click.echo(f"wrote {output}")
 

@@ -57,7 +57,7 @@ def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Opt
     from hpcm.runtime.session import codec_parameters, open_runner
 
     if report_path is not None:
-        check_output(report_path)
+        check_output(report_path, [checkpoint], option="--report")
     export = open_export(export_dir)
     click.echo(export.describe())
     model = _reference_model(export, checkpoint)
@@ -82,7 +82,7 @@ def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Opt
     click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols, "
                f"{totals['unguarded_mismatches']} outside the boundary guard")
     if report_path:
-        with atomic_output(report_path) as tmp:
+        with atomic_output(report_path, [checkpoint], option="--report") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {report_path}")
     if not report["passed"]:

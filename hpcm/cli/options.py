@@ -51,6 +51,11 @@ backend_option = click.option("--backend", type=click.Choice(list(RUNNERS)), def
 device_option = click.option("--device", default=None,
                              help="where the networks compute: cpu, cuda or cuda:N (default: the backend's, "
                                   "cpu for eager/onnxruntime, cuda for tensorrt)")
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None,
+    help=f"largest image in pixels, counted after padding to the model's alignment (default: HPCM_MAX_PIXELS, else "
+         f"{config.DEFAULT_MAX_PIXELS:,} = 2048x2048); refused above it, before any network runs. Eager phase2 "
+         "on CPU needs about 0.9 GB per megapixel")
 images_options = combine(
     click.option("--images", type=click.Path(path_type=Path), default=None,
                  help="folder of images (default ../shared/data/kodak; synthetic images when absent)"),
@@ -87,6 +92,8 @@ def load_model(variant: Optional[str], checkpoint: Optional[Path], tables: bool 
     """The checkpoint's model (``variant`` must then agree or be omitted), else the seeded untrained
     ``variant`` (with a notice). With ``tables``, entropy tables are ensured (computed with a notice
     when a checkpoint lacks them)."""
+    from hpcm.codec import EntropyTables
+    from hpcm.errors import CheckpointError, EntropyTableError
     from hpcm.models import build_model
     from hpcm.models.checkpoint import load_checkpoint
 
@@ -98,9 +105,15 @@ def load_model(variant: Optional[str], checkpoint: Optional[Path], tables: bool 
         model = build_model(name, seed=DEFAULT_SEED)
     if tables and not model.has_entropy_tables:
         if checkpoint is not None:
-            LOG.warning("the checkpoint has no entropy tables; computing them (save the checkpoint after "
+            LOG.warning(f"{checkpoint} has no entropy tables; computing them (save the checkpoint after "
                         "model.update() to pin them)")
-        model.update()
+        try:
+            model.update()
+        except EntropyTableError as exc:
+            raise CheckpointError(f"{checkpoint}: no entropy tables can be computed from its weights ({exc})") \
+                from exc
+    if tables and checkpoint is not None:
+        EntropyTables.from_model(model, source=str(checkpoint))  # a faulty table is reported against the file
     return model.eval()
 
 
