@@ -4,6 +4,7 @@ the work starts (``hpcm.files.check_output``) and writes it atomically (``atomic
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -129,3 +130,13 @@ def test_export_refuses_an_existing_file(work: dict[str, Path]) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert_clean_error(result.output, result.exit_code, "not a folder")
     assert target.read_text() == "keep me"
+
+
+def test_a_full_disk_while_writing_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.hpcm"
+    target.write_bytes(b"previous result")
+    with pytest.raises(OutputError, match=r"out\.hpcm: No space left on device"):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"part")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert target.read_bytes() == b"previous result" and leftovers(tmp_path) == []
