@@ -40,7 +40,7 @@ from hpcm.errors import BitstreamError, CodingError, EntropyTableError, ImageErr
 from hpcm.models.cdf_tables import TABLE_NAMES, scale_indexes
 from hpcm.models.graphs import Y_STRIDE, Z_STRIDE, GraphNetworks
 from hpcm.models.layout import ScaleLayout
-from hpcm.models.progressive import ProgressiveSchedule
+from hpcm.models.progressive import NO_CLOCK, ProgressiveSchedule, StageClock
 
 from . import bitstream
 from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
@@ -195,15 +195,21 @@ def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
 
 
 class Codec:
-    """compress / decompress with ``runner``'s networks and ``parameters``' tables."""
+    """compress / decompress with ``runner``'s networks and ``parameters``' tables.
 
-    def __init__(self, runner: Runner, parameters: CodecParameters, max_pixels: int | None = None) -> None:
+    ``clock`` sees the stages of each call: ``analysis``, ``hyper`` (hyper synthesis),
+    ``entropy_coding`` (rANS, guard, container), ``synthesis``, and the schedule's ``s1``..``s3`` and
+    transitions (``ProgressiveSchedule``); ``hpcm bench`` passes one that times them."""
+
+    def __init__(self, runner: Runner, parameters: CodecParameters, max_pixels: int | None = None,
+                 clock: StageClock = NO_CLOCK) -> None:
         self.runner = runner
         self.parameters = parameters
         self.max_pixels = max_pixels  # None: the configured limit (hpcm.config.max_pixels)
         self.device = torch.device(runner.device)
         self.networks = GraphNetworks(runner)
-        self.schedule = ProgressiveSchedule(ScaleLayout(parameters.M), self.networks)
+        self.clock = clock
+        self.schedule = ProgressiveSchedule(ScaleLayout(parameters.M), self.networks, clock)
         self.means_hyper = parameters.means_hyper.to(self.device)
         self.scale_table = parameters.tables.scale_table.to(self.device)
 
@@ -262,35 +268,50 @@ class Codec:
 
         ``guard_epsilon``: relative scale error a decoder on another backend may have and still
         decode (0 disables the guard stream's positions: same-backend decoding only)."""
-        tables = self.parameters.tables
+        tables, section = self.parameters.tables, self.clock.section
         height, width = x.shape[-2:]
         with torch.no_grad(), deterministic_precision(self.device), \
                 _memory_for(*padded_size(int(height), int(width), self.alignment)):
-            xp, y, z_q, z_hat, pad_b, pad_r = self._analyse(x)
+            with section("analysis"):
+                xp, y, z_q, z_hat, pad_b, pad_r = self._analyse(x)
             if z_q.shape[1] != tables.z.count:
                 raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
-            z_enc = RansEncoder(tables.z)
-            z_enc.encode(z_q, _z_indexes(z_q.shape))
-            y_enc = RansEncoder(tables.y)
-            guard = GuardWriter(guard_epsilon)
-            y_scales = self.schedule.all_scales(y)
+            with section("entropy_coding"):
+                z_enc = RansEncoder(tables.z)
+                z_enc.encode(z_q, _z_indexes(z_q.shape))
+                y_enc = RansEncoder(tables.y)
+                guard = GuardWriter(guard_epsilon)
+            with section("analysis"):
+                y_scales = self.schedule.all_scales(y)
 
             def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-                q = _round_symbols(self.schedule.symbols(y_scales, step) - means)
-                guard.add_step(scales, self.scale_table)
-                y_enc.encode(q, scale_indexes(scales, self.scale_table))
+                with section("entropy_coding"):
+                    q = _round_symbols(self.schedule.symbols(y_scales, step) - means)
+                    guard.add_step(scales, self.scale_table)
+                    y_enc.encode(q, scale_indexes(scales, self.scale_table))
                 return q
 
-            y_hat = self.schedule.run(self.networks.h_s(z_hat), encode_step)
-        header = bitstream.Header(
-            variant=self.variant,
-            weights_digest=self.parameters.weights_digest,
-            tables_digest=tables.digest,
-            backend_digest=backend_digest(self.fingerprint),
-            height=int(height), width=int(width), pad_bottom=pad_b, pad_right=pad_r,
-        )
-        data = bitstream.pack(header, [z_enc.flush(), y_enc.flush(), guard.flush()])
+            with section("hyper"):
+                params = self.networks.h_s(z_hat)
+            y_hat = self.schedule.run(params, encode_step)
+        with section("entropy_coding"):
+            header = bitstream.Header(
+                variant=self.variant,
+                weights_digest=self.parameters.weights_digest,
+                tables_digest=tables.digest,
+                backend_digest=backend_digest(self.fingerprint),
+                height=int(height), width=int(width), pad_bottom=pad_b, pad_right=pad_r,
+            )
+            data = bitstream.pack(header, [z_enc.flush(), y_enc.flush(), guard.flush()])
         return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
+
+    def synthesise(self, y_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The image of ``y_hat`` (padded latents), clamped to [0, 1] and cropped to ``height`` x ``width``:
+        the decoder's last stage, and the encoder's own reconstruction when given its ``y_hat``."""
+        padded = (y_hat.shape[-2] * Y_STRIDE, y_hat.shape[-1] * Y_STRIDE)
+        with torch.no_grad(), deterministic_precision(self.device), self.clock.section("synthesis"), \
+                _memory_for(*padded):
+            return self.networks.g_s(y_hat).clamp(0.0, 1.0)[..., :height, :width]
 
     def check_header(self, header: bitstream.Header, streams: list[bytes]) -> None:
         """Everything about a parsed bitstream that can be checked before a network runs: it belongs to
@@ -327,8 +348,10 @@ class Codec:
 
     def decompress(self, data: bytes) -> DecodeResult:
         """Decode a bitstream; ``x_hat`` is the image in [0, 1] of shape (1, 3, H, W)."""
-        header, streams = bitstream.unpack(data)
-        self.check_header(header, streams)
+        section = self.clock.section
+        with section("entropy_coding"):
+            header, streams = bitstream.unpack(data)
+            self.check_header(header, streams)
         if header.backend_digest != backend_digest(self.fingerprint):
             warnings.warn(f"the bitstream's entropy parameters were computed on another backend or precision "
                           f"(fingerprint {header.backend_digest.hex()}) than this decoder's "
@@ -337,23 +360,28 @@ class Codec:
         tables = self.parameters.tables
         ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
         with torch.no_grad(), deterministic_precision(self.device), _memory_for(ph, pw):
-            z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))
-            z_dec = RansDecoder(streams[0], tables.z)
-            z_q = torch.from_numpy(z_dec.decode(_z_indexes(z_shape))).reshape(z_shape)
-            z_dec.finish()
-            z_hat = z_q.to(device=self.device, dtype=torch.float32) + self.means_hyper
-            y_dec = RansDecoder(streams[1], tables.y)
-            guard = GuardReader(streams[2])
+            with section("entropy_coding"):
+                z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))
+                z_dec = RansDecoder(streams[0], tables.z)
+                z_q = torch.from_numpy(z_dec.decode(_z_indexes(z_shape))).reshape(z_shape)
+                z_dec.finish()
+                z_hat = z_q.to(device=self.device, dtype=torch.float32) + self.means_hyper
+                y_dec = RansDecoder(streams[1], tables.y)
+                guard = GuardReader(streams[2])
 
             def decode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-                indexes = guard.apply_step(scale_indexes(scales, self.scale_table), scales, self.scale_table)
-                q = torch.from_numpy(y_dec.decode(indexes)).reshape(scales.shape)
-                return q.to(device=means.device, dtype=means.dtype)
+                with section("entropy_coding"):
+                    indexes = guard.apply_step(scale_indexes(scales, self.scale_table), scales, self.scale_table)
+                    q = torch.from_numpy(y_dec.decode(indexes)).reshape(scales.shape)
+                    return q.to(device=means.device, dtype=means.dtype)
 
-            y_hat = self.schedule.run(self.networks.h_s(z_hat), decode_step)
-            y_dec.finish()
-            guard.finish()
-            x_hat = self.networks.g_s(y_hat).clamp(0.0, 1.0)[..., : header.height, : header.width]
+            with section("hyper"):
+                params = self.networks.h_s(z_hat)
+            y_hat = self.schedule.run(params, decode_step)
+            with section("entropy_coding"):
+                y_dec.finish()
+                guard.finish()
+            x_hat = self.synthesise(y_hat, header.height, header.width)
         return DecodeResult(x_hat=x_hat, y_hat=y_hat, z_hat=z_hat, header=header)
 
 

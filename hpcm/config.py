@@ -101,3 +101,8 @@ def max_pixels() -> int:
 def default_image_folder() -> Path:
     """The Kodak images of the shared checkout layout (``../shared/data/kodak`` beside the repo)."""
     return SOURCE_ROOT.parent / "shared" / "data" / "kodak"
+
+
+def default_anchor_folder() -> Path:
+    """Published Kodak R-D curves of the shared checkout layout (``../shared/data/anchors/kodak``)."""
+    return SOURCE_ROOT.parent / "shared" / "data" / "anchors" / "kodak"

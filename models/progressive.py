@@ -16,8 +16,9 @@ and the layout moves are not networks: they are the same code whatever runs the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, ContextManager, Optional, Protocol
 
 import torch
 
@@ -77,6 +78,25 @@ class ProgressiveState:
     pending_context: Optional[torch.Tensor] = None
 
 
+class StageClock(Protocol):
+    """Where time goes: the schedule and the codec open a named section around each stage of their
+    work (``s1``..``s3`` around a scale's steps, ``transition_s2``/``transition_s3`` around the moves
+    between scales; the codec adds its own). Sections nest; a clock attributes each moment to the
+    innermost open one. ``hpcm.evaluation.timing.StageTimeline`` records them for ``hpcm bench``."""
+
+    def section(self, stage: str) -> ContextManager[None]: ...
+
+
+class _NoClock:
+    """The clock of an unmeasured run: its sections cost a ``nullcontext``."""
+
+    def section(self, stage: str) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+
+NO_CLOCK: StageClock = _NoClock()
+
+
 # (step, scales, means) -> the step's quantised residual (dense block, as scales); the schedule adds
 # the means back to get the step's y_hat.
 CodeStep = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -87,9 +107,10 @@ class ProgressiveSchedule:
 
     steps = STEPS
 
-    def __init__(self, layout: ScaleLayout, networks: ContextNetworks) -> None:
+    def __init__(self, layout: ScaleLayout, networks: ContextNetworks, clock: StageClock = NO_CLOCK) -> None:
         self.layout = layout
         self.networks = networks
+        self.clock = clock
 
     # ------------------------------------------------------------------ geometry
     def step_mask(self, step: int) -> StepMask:
@@ -160,22 +181,27 @@ class ProgressiveSchedule:
         """Move context and y_hat from the state's scale to the next; fuse the context with the hyper
         parameters at the positions the new scale still has to code."""
         layout, scale = self.layout, state.scale
-        up = layout.s1_to_s2 if scale == 0 else layout.s2_to_full
-        hyper = layout.full_to_s2_hyper.apply if scale == 0 else layout.s3_hyper
-        c_scales, c_means = state.context_next.chunk(2, 1)
-        context = torch.cat((up.apply(c_scales), up.apply(c_means)), dim=1)
-        context = context + torch.cat((hyper(state.scales_hyper), hyper(state.means_hyper)), dim=1)
-        state.context_next = self.networks.fuse_context(scale + 1, context)
-        state.y_hat = up.apply(state.y_hat)
-        state.scale = scale + 1
+        with self.clock.section(f"transition_{SCALES[scale + 1]}"):
+            up = layout.s1_to_s2 if scale == 0 else layout.s2_to_full
+            hyper = layout.full_to_s2_hyper.apply if scale == 0 else layout.s3_hyper
+            c_scales, c_means = state.context_next.chunk(2, 1)
+            context = torch.cat((up.apply(c_scales), up.apply(c_means)), dim=1)
+            context = context + torch.cat((hyper(state.scales_hyper), hyper(state.means_hyper)), dim=1)
+            state.context_next = self.networks.fuse_context(scale + 1, context)
+            state.y_hat = up.apply(state.y_hat)
+            state.scale = scale + 1
 
     def run(self, params: torch.Tensor, code_step: CodeStep) -> torch.Tensor:
         """Every step in order from the hyper synthesis output ``params``; returns y_hat (full)."""
-        state = self.begin(params)
+        with self.clock.section(SCALES[0]):
+            state = self.begin(params)
         for step in range(len(STEPS)):
-            scales, means = self.parameters(state, step)
+            # code_step (entropy coding, in the codec) runs outside the scale's section
+            with self.clock.section(SCALES[STEPS[step].scale]):
+                scales, means = self.parameters(state, step)
             residual = code_step(step, scales, means)
-            self.advance(state, step, residual + means)
+            with self.clock.section(SCALES[STEPS[step].scale]):
+                self.advance(state, step, residual + means)
         if state.scale != 2:
             raise RuntimeError("the schedule ended before reaching s3")
         return state.y_hat

@@ -5,6 +5,9 @@ A new ablation (say RWKV only at s2) is a new ``VariantSpec`` value, never a new
     spec = dataclasses.replace(VARIANTS["baseline"], name="rwkv-s2",
                                cells=(CROSS_S1, RWKVCellSpec(hidden_rate=3), CROSS_S3))
 
+or, wherever a variant is named (``--variant`` of every command), a variant expression: a base (name
+or .json file) and ``+FIELD=VALUE`` changes, e.g. ``baseline+s2=rwkv3`` (``derive_variant``).
+
 A spec is validated when it is made, wherever it comes from (the built-ins, ``dataclasses.replace``,
 a checkpoint, an export manifest, a ``--variant`` JSON file): field types, required fields and
 ranges, before any module is built. The ranges (``LIMITS``) keep the largest spec within about
@@ -14,7 +17,7 @@ twice the official model's widths, so a spec from an untrusted file cannot ask f
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
@@ -230,8 +233,65 @@ def read_variant_file(path: Path) -> VariantSpec:
         raise VariantError(f"{path}: {exc}") from exc
 
 
+# What a ``+FIELD=VALUE`` change of a variant expression may say.
+EXPRESSION_HELP = ("s1|s2|s3=cross<window>|rwkv<hidden rate>, fusion=conv1x1|rwkv<hidden rate>[x<blocks>], "
+                   "prior_s1_s2|prior_s3=<blocks>/<blocks> (blocks dwconv or rwkv joined by '-'), M=<int>, N=<int>")
+_SCALE_FIELDS = ("s1", "s2", "s3")
+
+
+def _cell_value(field_name: str, value: str) -> CellSpec:
+    for prefix, build in (("cross", CrossAttentionCellSpec), ("rwkv", RWKVCellSpec)):
+        if value.startswith(prefix) and value[len(prefix):].isdigit():
+            return build(int(value[len(prefix):]))
+    raise VariantError(f"{field_name}={value}: a cell is cross<window> (e.g. cross8) or rwkv<hidden rate> "
+                       "(e.g. rwkv3)")
+
+
+def _fusion_value(value: str) -> FusionSpec:
+    if value == "conv1x1":
+        return FusionSpec()
+    hidden, _, blocks = value.removeprefix("rwkv").partition("x")
+    if value.startswith("rwkv") and hidden.isdigit() and (blocks.isdigit() or not blocks):
+        return FusionSpec(kind="rwkv", num_blocks=int(blocks or 1), hidden_rate=int(hidden))
+    raise VariantError(f"fusion={value}: use conv1x1 or rwkv<hidden rate>[x<blocks>] (e.g. rwkv4x1)")
+
+
+def _prior_value(field_name: str, value: str, current: PriorSpec) -> PriorSpec:
+    first, slash, second = value.partition("/")
+    if not slash:
+        raise VariantError(f"{field_name}={value}: give the blocks before and after the adaptive parameter, "
+                           "e.g. dwconv-dwconv-dwconv/rwkv-rwkv")
+    branches = tuple(tuple(b for b in branch.split("-") if b) for branch in (first, second))
+    return PriorSpec(branches[0], branches[1], current.rwkv_hidden_rate)
+
+
+def derive_variant(base: VariantSpec, changes: str) -> VariantSpec:
+    """``base`` with the ``+``-separated ``FIELD=VALUE`` changes applied (``EXPRESSION_HELP``), named
+    ``<base name>+<changes>`` (validated like every spec)."""
+    spec = base
+    for change in changes.split("+"):
+        field_name, eq, value = change.partition("=")
+        if not eq or not value:
+            raise VariantError(f"variant change {change!r} is not FIELD=VALUE; fields: {EXPRESSION_HELP}")
+        if field_name in _SCALE_FIELDS:
+            cells = list(spec.cells)
+            cells[_SCALE_FIELDS.index(field_name)] = _cell_value(field_name, value)
+            spec = replace(spec, cells=tuple(cells))
+        elif field_name == "fusion":
+            spec = replace(spec, fusion=_fusion_value(value))
+        elif field_name in ("prior_s1_s2", "prior_s3"):
+            spec = replace(spec, **{field_name: _prior_value(field_name, value, getattr(spec, field_name))})
+        elif field_name in ("M", "N") and value.isdigit():
+            spec = replace(spec, **{field_name: int(value)})
+        else:
+            raise VariantError(f"cannot change {field_name!r} to {value!r}; fields: {EXPRESSION_HELP}")
+    return replace(spec, name=f"{base.name}+{changes}",
+                   description=f"{base.name} with {changes.replace('+', ', ')}")
+
+
 def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:
-    """A variant by name, by JSON file (``VariantSpec.to_dict`` layout), or as given."""
+    """A variant by name, by JSON file (``VariantSpec.to_dict`` layout), by expression
+    (``baseline+s2=rwkv3``: ``derive_variant``), or as given."""
     if isinstance(variant, VariantSpec):
         return variant
     if str(variant) in VARIANTS:
@@ -239,4 +299,8 @@ def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:
     path = Path(variant)
     if path.suffix == ".json" and path.is_file():
         return read_variant_file(path)
-    raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)} (or a variant .json file)")
+    base, plus, changes = str(variant).partition("+")
+    if plus and base:
+        return derive_variant(get_variant(base), changes)
+    raise VariantError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}, a variant .json file, or "
+                       f"an expression such as baseline+s2=rwkv3 ({EXPRESSION_HELP})")

@@ -17,6 +17,7 @@ from hpcm.codec.codec import weights_digest
 from hpcm.errors import ArtifactError, RunnerError
 from hpcm.export.artifact import ExportDir
 from hpcm.models.hpcm import HPCM
+from hpcm.models.progressive import NO_CLOCK, StageClock
 
 from .runners import GRAPH_RUNNERS, RUNNERS, runner_class
 from .runners.base import Runner
@@ -54,14 +55,15 @@ def codec_parameters(model: Optional[HPCM], export: Optional[ExportDir]) -> Code
 
 @contextlib.contextmanager
 def codec_session(backend: str, model: Optional[HPCM] = None, export: Optional[ExportDir] = None,
-                  device: Optional[str] = None, max_pixels: Optional[int] = None, **options: Any) -> Iterator[Codec]:
+                  device: Optional[str] = None, max_pixels: Optional[int] = None, clock: StageClock = NO_CLOCK,
+                  **options: Any) -> Iterator[Codec]:
     """A codec on an active runner (deactivated when the block ends): ``eager`` codes with ``model``
     and its tables, the graph backends with ``export`` and the export's parameters. ``max_pixels``:
-    the codec's pixel limit (default: the configured one)."""
+    the codec's pixel limit (default: the configured one); ``clock`` sees its stages (``Codec``)."""
     runner = open_runner(backend, model=model, export=export, device=device, **options)
     parameters = export.codec_parameters if backend in GRAPH_RUNNERS else CodecParameters.from_model(model)
     with runner:
-        yield Codec(runner, parameters, max_pixels=max_pixels)
+        yield Codec(runner, parameters, max_pixels=max_pixels, clock=clock)
 
 
 def eager_codec(model: HPCM, device: Optional[str] = None) -> Codec:

@@ -13,7 +13,8 @@ import click
 
 from .framework import ProjectGroup
 
-COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds", "hpcm.cli.deploy_cmds")
+COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds", "hpcm.cli.deploy_cmds",
+                   "hpcm.cli.eval_cmds")
 
 
 @click.group(cls=ProjectGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ def main() -> None:
     Model tools:  info, convert, train
     Codec:        encode, decode, inspect, mismatch
     Deployment:   export (also `hpcm-export`), check, build
+    Evaluation:   eval, plot, bench
     """
 
 

@@ -60,9 +60,12 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
     """Compress IMAGE (8-bit RGB/gray, any size) to a .hpcm bitstream.
 
     With --export, the networks run as exported graphs (ONNX Runtime or TensorRT); any backend whose
-    scale error stays within the stream's boundary guard decodes the stream."""
+    scale error stays within the stream's boundary guard decodes the stream. The PSNR printed is that
+    of the encoder's own reconstruction (one synthesis pass after encoding, not timed), which is the
+    image a decoder produces."""
     from hpcm.codec.codec import padded_size
     from hpcm.codec.images import check_pixel_count, load_image
+    from hpcm.evaluation.metrics import psnr_rgb8
     from hpcm.files import atomic_output, check_output
 
     inputs = [image, checkpoint, export_dir]
@@ -73,11 +76,13 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
         check_pixel_count(str(image), h, w, max_pixels, padded_size(h, w, codec.alignment))
         start = time.perf_counter()
         with _warnings_as_notices():
-            data = codec.compress(x).data
+            encoded = codec.compress(x)
         elapsed = time.perf_counter() - start
+        psnr = psnr_rgb8(x, codec.synthesise(encoded.y_hat, h, w))
+    data = encoded.data
     with atomic_output(output, inputs) as tmp:
         tmp.write_bytes(data)
-    click.echo(f"{image.name}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp, "
+    click.echo(f"{image.name}: {w}x{h}, {len(data)} bytes, {8 * len(data) / (h * w):.4f} bpp, PSNR {psnr:.2f} dB, "
                f"encoded in {elapsed:.2f} s ({codec.variant}, {codec.fingerprint}) -> {output}")
 
 
@@ -90,22 +95,26 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
 @backend_option
 @device_option
 @max_pixels_option
+@click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the original image: print the PSNR of the decoded image against it")
 def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir: Optional[Path],
-           backend: Optional[str], device: Optional[str], max_pixels: Optional[int]) -> None:
+           backend: Optional[str], device: Optional[str], max_pixels: Optional[int], reference: Optional[Path]) -> None:
     """Decompress a .hpcm BITSTREAM to a PNG (with --export: on the export's graphs).
 
     Without --checkpoint or --export, the stream must come from the seeded untrained model of a
     built-in variant (the default of `hpcm encode`)."""
     from hpcm.codec import inspect
     from hpcm.codec.bitstream import read_file
-    from hpcm.codec.images import check_pixel_count, save_png
+    from hpcm.codec.images import check_pixel_count, load_image, save_png
     from hpcm.errors import BitstreamError, ImageError
+    from hpcm.evaluation.metrics import psnr_rgb8
     from hpcm.files import check_output
     from hpcm.models import VARIANTS
 
-    inputs = [bitstream, checkpoint, export_dir]
+    inputs = [bitstream, checkpoint, export_dir, reference]
     check_output(output, inputs)
     data = read_file(bitstream)
+    original = load_image(reference, max_pixels) if reference is not None else None
     try:
         header = inspect(data)
     except BitstreamError as exc:
@@ -126,9 +135,15 @@ def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir
         except (BitstreamError, ImageError) as exc:  # the stream's fault; table or model faults name their file
             raise type(exc)(f"{bitstream}: {exc}") from exc
         elapsed = time.perf_counter() - start
+    quality = ""
+    if original is not None:
+        if tuple(original.shape[-2:]) != (header.height, header.width):
+            raise ImageError(f"--reference {reference} is {original.shape[-1]}x{original.shape[-2]}, the stream "
+                             f"holds a {header.width}x{header.height} image: give the image that was encoded")
+        quality = f"PSNR {psnr_rgb8(original, x_hat):.2f} dB, "
     save_png(x_hat, output, inputs)
     click.echo(f"{bitstream.name}: {header.width}x{header.height}, "
-               f"{8 * len(data) / (header.width * header.height):.4f} bpp, decoded in {elapsed:.2f} s "
+               f"{8 * len(data) / (header.width * header.height):.4f} bpp, {quality}decoded in {elapsed:.2f} s "
                f"({codec.fingerprint}) -> {output}")
 
 

@@ -121,3 +121,8 @@ def open_export(export_dir: Path):  # noqa: ANN201 - an ExportDir
     from hpcm.export.artifact import ExportDir
 
     return ExportDir.open(export_dir)
+
+
+def split_list(values: tuple[str, ...]) -> list[str]:
+    """Values of a repeatable option, each of which may also be a comma-separated list."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]

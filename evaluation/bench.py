@@ -1,0 +1,236 @@
+"""``hpcm bench``: encoding and decoding latency per stage, peak memory, parameters and MACs.
+
+Each configuration (variant or export, image size, backend, device) runs in a fresh Python process
+(``python -m hpcm.evaluation.bench``), so its peak memory is its own: the process's peak resident set
+on CPU (``ru_maxrss``: PyTorch, the model and the coding together; the resident size once the codec is
+open is reported beside it), the CUDA caching allocator's peak on a GPU (memory that TensorRT
+allocates itself is not in it). In that process the codec codes a smooth synthetic image ``warmup``
+times untimed, then ``repeats`` times through a ``StageTimeline``: per call, the time of every stage
+(``timing.STAGES``), their sum and the wall time. Images are synthetic and weights seeded unless an
+export is given: network times do not depend on the weights, entropy-coding times do a little (the
+symbol statistics of untrained weights are not a trained model's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from hpcm.config import DEFAULT_SEED
+from hpcm.errors import HPCMError
+
+from .timing import DECODE_STAGES, ENCODE_STAGES, StageTimeline, summary
+
+DIRECTIONS = {"encode": ENCODE_STAGES, "decode": DECODE_STAGES}
+
+
+class BenchError(HPCMError, RuntimeError):
+    """A benchmark configuration that failed in its process."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One measured configuration; ``variant`` is a ``VariantSpec.to_dict()`` (None with ``export``)."""
+
+    name: str
+    width: int
+    height: int
+    backend: str = "eager"
+    device: Optional[str] = None
+    variant: Optional[dict] = None
+    export: Optional[str] = None
+    warmup: int = 1
+    repeats: int = 3
+    seed: int = DEFAULT_SEED
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A smooth random image (coarse noise upsampled plus fine noise), a stand-in for a photo."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, height // 16 + 2, width // 16 + 2, generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+    return (x + 0.02 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(config: BenchConfig) -> dict:
+    """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
+    from hpcm.export.artifact import ExportDir
+    from hpcm.models import build_model
+    from hpcm.models.variants import VariantSpec
+    from hpcm.runtime.runners import runner_class
+    from hpcm.runtime.session import codec_session
+
+    model = export = None
+    if config.export is not None:
+        export = ExportDir.open(Path(config.export))
+    else:
+        model = build_model(VariantSpec.from_dict(config.variant), seed=config.seed).eval()
+        model.update()
+    image = smooth_image(config.height, config.width, config.seed)
+    device = runner_class(config.backend).resolve_device(config.device)
+    cuda = device.type == "cuda"
+    timeline = StageTimeline(device)
+    with codec_session(config.backend, model=model, export=export, device=str(device), clock=timeline) as codec:
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        loaded = torch.cuda.memory_allocated(device) if cuda else _resident_bytes()
+        runs: dict[str, list[dict]] = {"encode": [], "decode": []}
+        for i in range(config.warmup + config.repeats):
+            with timeline.measure() as encoding:
+                data = codec.compress(image).data
+            with timeline.measure() as decoding:
+                codec.decompress(data)
+            if i >= config.warmup:
+                runs["encode"].append(asdict(encoding))
+                runs["decode"].append(asdict(decoding))
+        fingerprint = codec.fingerprint
+        variant = codec.variant
+    if cuda:
+        memory = {"kind": "cuda_allocator_peak", "peak_bytes": torch.cuda.max_memory_allocated(device),
+                  "loaded_bytes": loaded}
+    else:  # ru_maxrss is in KiB on Linux
+        memory = {"kind": "peak_rss", "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "loaded_bytes": loaded}
+    result = {"name": config.name, "variant": variant, "size": config.size, "width": config.width,
+              "height": config.height, "backend": config.backend, "device": str(device), "fingerprint": fingerprint,
+              "threads": torch.get_num_threads(), "warmup": config.warmup, "bytes": len(data),
+              "bpp": 8 * len(data) / (config.width * config.height), "memory": memory}
+    for direction, stages in DIRECTIONS.items():
+        samples = runs[direction]
+        result[direction] = {
+            "wall": summary([r["wall"] for r in samples]),
+            "stages": {s: summary([r["stages"].get(s, 0.0) for r in samples]) for s in stages},
+            "runs": samples,
+        }
+    return result
+
+
+def run_configuration(config: BenchConfig) -> dict:
+    """``measure(config)`` in a fresh Python process; its notices pass through to stderr."""
+    process = subprocess.run([sys.executable, "-m", "hpcm.evaluation.bench"], input=json.dumps(asdict(config)),
+                             capture_output=True, text=True)
+    sys.stderr.write(process.stderr)
+    if process.returncode != 0:
+        last = (process.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"the {config.name} {config.size} {config.backend} configuration failed: {last}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------- reports
+def _ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{1000 * seconds:.0f}"
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:,.0f}"
+
+
+def _baseline_of(result: dict, results: Sequence[dict], compare: Optional[str]) -> Optional[dict]:
+    if compare is None:
+        return None
+    for other in results:
+        if (other["name"] == compare and other["size"] == result["size"] and other["backend"] == result["backend"]
+                and other["device"] == result["device"]):
+            return other
+    return None
+
+
+def markdown(report: dict, compare: Optional[str] = None) -> str:
+    """The report as Markdown: a latency/memory/cost table (ratio columns against ``compare``) and one
+    table of median milliseconds per stage."""
+    results, costs = report["results"], report["costs"]
+    header = ["variant", "size", "backend", "encode ms (median / p90)", "decode ms (median / p90)", "N",
+              "peak memory MiB", "parameters M", "MACs/pixel K"]
+    if compare:
+        header += [f"encode / {compare}", f"decode / {compare}", f"memory / {compare}", f"MACs / {compare}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        cost = costs.get(r["name"], {})
+        enc, dec = r["encode"]["wall"], r["decode"]["wall"]
+        row = [r["name"], r["size"], f"{r['backend']} {r['device']}", f"{_ms(enc['median'])} / {_ms(enc['p90'])}",
+               f"{_ms(dec['median'])} / {_ms(dec['p90'])}", str(enc["n"]), _mib(r["memory"]["peak_bytes"]),
+               f"{cost.get('total_parameters', 0) / 1e6:.2f}", f"{cost.get('total_macs_per_pixel', 0) / 1e3:.0f}"]
+        base = _baseline_of(r, results, compare)
+        if compare:
+            base_cost = costs.get(compare, {})
+            ratios = []
+            if base is not None:
+                ratios = [r["encode"]["wall"]["median"] / base["encode"]["wall"]["median"],
+                          r["decode"]["wall"]["median"] / base["decode"]["wall"]["median"],
+                          r["memory"]["peak_bytes"] / base["memory"]["peak_bytes"]]
+            else:
+                ratios = [None] * 3
+            ratios.append(cost["total_macs_per_pixel"] / base_cost["total_macs_per_pixel"]
+                          if cost and base_cost else None)
+            row += ["-" if v is None else f"{v:.2f}" for v in ratios]
+        lines.append("| " + " | ".join(row) + " |")
+    kinds = {"peak_rss": "peak RSS of a fresh process per row (PyTorch and the model included)",
+             "cuda_allocator_peak": "CUDA caching allocator peak (TensorRT's own allocations not included)"}
+    lines += ["", "Peak memory: " + "; ".join(kinds[k] for k in sorted({r["memory"]["kind"] for r in results})) + "."]
+    stages = [s for s in ENCODE_STAGES if s != "other"] + ["synthesis", "other"]
+    lines += ["", "Median milliseconds per stage (encode | decode):", "",
+              "| variant | size | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for r in results:
+        cells = []
+        for stage in stages:
+            enc = r["encode"]["stages"].get(stage, {}).get("median")
+            dec = r["decode"]["stages"].get(stage, {}).get("median")
+            cells.append(f"{_ms(enc)} \\| {_ms(dec)}")
+        lines.append(f"| {r['name']} | {r['size']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stage_figure(report: dict, output: Path) -> None:
+    """Stacked bars of the median time per stage, an encode and a decode bar per configuration."""
+    from matplotlib.figure import Figure
+
+    from hpcm.files import atomic_output
+
+    from .timing import STAGES
+
+    results = report["results"]
+    labels, bottoms, bars = [], [], {s: [] for s in STAGES}
+    for r in results:
+        for direction in ("encode", "decode"):
+            labels.append(f"{r['name']}\n{r['size']} {direction[:3]}")
+            for stage in STAGES:
+                bars[stage].append(r[direction]["stages"].get(stage, {}).get("median") or 0.0)
+    figure = Figure(figsize=(max(6.0, 1.1 * len(labels)), 5), layout="constrained")
+    ax = figure.subplots()
+    bottoms = [0.0] * len(labels)
+    for stage in STAGES:
+        ax.bar(range(len(labels)), bars[stage], bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, bars[stage])]
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_ylabel("seconds (median per stage)")
+    ax.legend(fontsize=7, ncols=2)
+    with atomic_output(output) as tmp:
+        figure.savefig(tmp, format=Path(output).suffix.lstrip(".") or "png", dpi=100)
+
+
+def _worker() -> None:
+    config = BenchConfig(**json.loads(sys.stdin.read()))
+    result = measure(config)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    _worker()

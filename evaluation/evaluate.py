@@ -1,0 +1,187 @@
+"""``hpcm eval``: real encoding and decoding of every image at every rate point, measured.
+
+A rate point is one way of coding the images (a checkpoint or an export on a backend, or a classical
+codec at one quality); its ``ImageCoder`` encodes to the bytes that would be written and decodes them
+back. Per image: bpp (all bytes written, header included, over the original H*W), PSNR and MS-SSIM
+on 8-bit RGB (``metrics``), encoding and decoding time (waiting for the GPU), and for the learned
+codec the largest difference between the decoded image and the model's eval-mode forward x_hat, on
+the runners that have the whole-model ``forward`` graph (eager always; an export made with --forward).
+Rows go to a ``RowJournal`` as they complete, so a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator, Optional, Protocol, Sequence
+
+import torch
+
+from hpcm.codec import Codec, pad_image
+from hpcm.codec.codec import deterministic_precision
+from hpcm.codec.images import load_image, to_uint8
+from hpcm.errors import HPCMError, ImageError
+from hpcm.log import LOG
+
+from .classical import ClassicalCodec, from_uint8_image
+from .metrics import ms_ssim_rgb8, psnr_rgb8, to_8bit
+from .results import RowJournal
+from .timing import stopwatch
+
+
+class ImageCoder(Protocol):
+    device: torch.device
+
+    def encode(self, x: torch.Tensor) -> bytes: ...
+
+    def decode(self, data: bytes) -> torch.Tensor: ...
+
+    def forward_x_hat(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """What the decoded image should equal (the model's eval forward), or None when not compared."""
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    key: str  # identifies the point in the journal (content digest or codec and quality)
+    label: str  # for people: checkpoint name, export folder, quality
+    open: Callable[[], ContextManager[ImageCoder]]
+
+
+class LearnedCoder:
+    """The codec of a checkpoint or an export on its runner."""
+
+    def __init__(self, codec: Codec, compare_forward: bool = True) -> None:
+        self.codec = codec
+        self.device = codec.device
+        self.compare_forward = compare_forward and "forward" in getattr(codec.runner, "graphs", ())
+
+    def encode(self, x: torch.Tensor) -> bytes:
+        return self.codec.compress(x).data
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        return self.codec.decompress(data).x_hat
+
+    def forward_x_hat(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        if not self.compare_forward:
+            return None
+        padded, _, _ = pad_image(x.to(device=self.device, dtype=torch.float32), self.codec.alignment)
+        with torch.no_grad(), deterministic_precision(self.device):
+            x_hat = self.codec.runner.run("forward", {"x": padded})["x_hat"]
+        return x_hat.clamp(0.0, 1.0)[..., : x.shape[-2], : x.shape[-1]]
+
+
+class ClassicalCoder:
+    """A Pillow codec at one quality."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, codec: ClassicalCodec, quality: int) -> None:
+        self.codec = codec
+        self.quality = quality
+
+    def encode(self, x: torch.Tensor) -> bytes:
+        return self.codec.encode(to_uint8(x), self.quality)
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        return from_uint8_image(self.codec.decode(data))
+
+    def forward_x_hat(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+
+def classical_points(codec: ClassicalCodec, qualities: Optional[Sequence[int]] = None) -> list[RatePoint]:
+    """One point per quality (the codec's default sweep when none are given)."""
+    codec.check_available()
+
+    def opener(quality: int) -> Callable[[], ContextManager[ImageCoder]]:
+        return lambda: contextlib.nullcontext(ClassicalCoder(codec, quality))
+
+    return [RatePoint(f"{codec.name}-q{q}", f"{codec.name} q{q}", opener(q)) for q in (qualities or codec.qualities)]
+
+
+def learned_point(key: str, label: str, open_codec: Callable[[], ContextManager[Codec]],
+                  compare_forward: bool = True) -> RatePoint:
+    """A point whose coder is the codec ``open_codec`` opens (a checkpoint or an export on a runner)."""
+
+    @contextlib.contextmanager
+    def opener() -> Iterator[ImageCoder]:
+        with open_codec() as codec:
+            yield LearnedCoder(codec, compare_forward)
+
+    return RatePoint(key, label, opener)
+
+
+def file_digest(path: Path) -> str:
+    """Short SHA-256 of a file's content: a checkpoint's identity in the journal."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) -> dict:
+    """The row of one image at one rate point."""
+    with stopwatch(coder.device) as encoding:
+        data = coder.encode(x)
+    with stopwatch(coder.device) as decoding:
+        x_hat = coder.decode(data)
+    reference = coder.forward_x_hat(x)
+    height, width = x.shape[-2:]
+    return {
+        "point": point, "image": image, "width": int(width), "height": int(height), "bytes": len(data),
+        "bpp": 8.0 * len(data) / (height * width),
+        "psnr_rgb": psnr_rgb8(x, x_hat), "ms_ssim_rgb": ms_ssim_rgb8(x, x_hat),
+        "encoding_time": encoding[0], "decoding_time": decoding[0],
+        "forward_max_diff": None if reference is None else float((to_8bit(reference) - to_8bit(x_hat)).abs().max()),
+    }
+
+
+def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJournal, progress: bool = True) -> None:
+    """Measure every image at every point that the journal does not hold yet, appending each row."""
+    from tqdm import tqdm
+
+    done = journal.done()
+    todo = [(point, [p for p in images if (point.key, p.name) not in done]) for point in points]
+    remaining = sum(len(paths) for _, paths in todo)
+    if remaining < len(points) * len(images):
+        LOG.info(f"{journal.path} already holds {len(points) * len(images) - remaining} of the rows; "
+                 f"measuring the other {remaining}")
+    unreadable: set[Path] = set()
+    with tqdm(total=remaining, unit="image", disable=None if progress else True, dynamic_ncols=True) as bar:
+        for point, paths in todo:
+            if not paths:
+                continue
+            with point.open() as coder:
+                for path in paths:
+                    bar.set_description(f"{point.label}: {path.name}")
+                    if path not in unreadable:
+                        _measure_one(coder, point, path, journal, unreadable)
+                    bar.update()
+
+
+def _measure_one(coder: ImageCoder, point: RatePoint, path: Path, journal: RowJournal, unreadable: set[Path]) -> None:
+    try:
+        x = load_image(path)
+    except ImageError as exc:
+        unreadable.add(path)
+        LOG.warning(f"skipping {exc}")
+        return
+    try:
+        journal.append(measure_image(coder, point.key, path.name, x))
+    except HPCMError as exc:
+        LOG.warning(f"skipping {path.name} at {point.label}: {exc}")
+
+
+def forward_check_summary(rows: Sequence[dict]) -> str:
+    """One sentence on the decoded images against the eval-mode forward, for the result's description."""
+    diffs = [r["forward_max_diff"] for r in rows if r.get("forward_max_diff") is not None]
+    if not diffs:
+        return "decoded images not compared with a forward pass (classical codec, or an export without --forward)"
+    differing = sum(d > 0 for d in diffs)
+    if not differing:
+        return f"decoded images equal the eval-mode forward's x_hat in 8-bit on all {len(diffs)} coded images"
+    return (f"decoded images differ from the eval-mode forward's x_hat on {differing} of {len(diffs)} coded images "
+            f"(at most {max(diffs):.0f} levels of 255)")
