@@ -21,7 +21,7 @@ import torch
 
 from hpcm.codec import Codec, pad_image
 from hpcm.codec.codec import deterministic_precision
-from hpcm.codec.images import load_image, to_uint8
+from hpcm.codec.images import load_image, synthetic_images, to_uint8
 from hpcm.errors import HPCMError, ImageError
 from hpcm.log import LOG
 
@@ -155,11 +155,18 @@ def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJo
             if not paths:
                 continue
             with point.open() as coder:
+                _warm_up(coder)
                 for path in paths:
                     bar.set_description(f"{point.label}: {path.name}")
                     if path not in unreadable:
                         _measure_one(coder, point, path, journal, unreadable)
                     bar.update()
+
+
+def _warm_up(coder: ImageCoder) -> None:
+    """Code a small image untimed first, so that one-time costs (native libraries, first allocations,
+    lazy initialisation) do not land in the first image's times."""
+    coder.decode(coder.encode(synthetic_images(1, 128)[0][1]))
 
 
 def _measure_one(coder: ImageCoder, point: RatePoint, path: Path, journal: RowJournal, unreadable: set[Path]) -> None:

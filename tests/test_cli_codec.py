@@ -4,6 +4,7 @@ outputs, errors without tracebacks."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -58,10 +59,14 @@ def test_encode_decode_roundtrip(kodak_crop: Path, tmp_path: Path) -> None:
     enc = run("encode", kodak_crop, "-o", stream)
     assert enc.exit_code == 0, enc.output
     assert "bpp" in enc.output and "untrained weights give meaningless rate-distortion" in enc.output
-    dec = run("decode", stream, "-o", png)
+    dec = run("decode", stream, "-o", png, "--reference", kodak_crop)
     assert dec.exit_code == 0, dec.output
     with Image.open(png) as im, Image.open(kodak_crop) as ref:
         assert im.size == ref.size and im.mode == "RGB"
+        mse = np.mean((np.asarray(im, dtype=np.float64) - np.asarray(ref, dtype=np.float64)) ** 2)
+    # the encoder's own reconstruction is the decoder's image: both print its PSNR against the original
+    psnr = re.compile(r"PSNR (\d+\.\d+) dB")
+    assert psnr.search(enc.output).group(1) == psnr.search(dec.output).group(1) == f"{10 * np.log10(255**2 / mse):.2f}"
     info = json.loads(run("inspect", stream).output)
     assert (info["width"], info["height"]) == (200, 136) and info["variant"] == "phase2"
     assert leftovers(tmp_path) == []
