@@ -17,7 +17,12 @@ from .bd import Curve
 def rd_figure(curves: Sequence[Curve], anchors: Sequence[Curve], output: Path, title: str = "",
               reference: Optional[Curve] = None) -> None:
     """Write the figure of ``curves`` (solid, with markers) over ``anchors`` (thin, dashed)."""
+    from matplotlib import rcParams
     from matplotlib.figure import Figure
+
+    palette = rcParams["axes.prop_cycle"].by_key()["color"]
+    # one colour per curve in both panels (a curve without MS-SSIM must not shift the others' colours)
+    color = {id(c): palette[i % len(palette)] for i, c in enumerate((*anchors, *curves))}
 
     with_ms_ssim = any(c.ms_ssim is not None for c in (*curves, *anchors))
     figure = Figure(figsize=(12 if with_ms_ssim else 6.5, 5), layout="constrained")
@@ -28,12 +33,14 @@ def rd_figure(curves: Sequence[Curve], anchors: Sequence[Curve], output: Path, t
             values = curve.psnr if metric == "psnr" else curve.ms_ssim_db()
             if values is not None:
                 is_reference = reference is not None and curve.source == reference.source
-                ax.plot(curve.bpp, values, linestyle="--", linewidth=1.6 if is_reference else 0.9,
-                        alpha=1.0 if is_reference else 0.7, label=f"{curve.name} (published)")
+                ax.plot(curve.bpp, values, color=color[id(curve)], linestyle="--",
+                        linewidth=1.6 if is_reference else 0.9,
+                        alpha=1.0 if is_reference else 0.7, label=curve.name)
         for curve in curves:
             values = curve.psnr if metric == "psnr" else curve.ms_ssim_db()
             if values is not None:
-                ax.plot(curve.bpp, values, marker="o", markersize=3.5, linewidth=1.8, label=curve.name)
+                ax.plot(curve.bpp, values, color=color[id(curve)], marker="o", markersize=3.5, linewidth=1.8,
+                        label=curve.name)
         ax.set_xlabel("bits per pixel")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

@@ -210,7 +210,7 @@ def test_plot_writes_figure_and_a_table_naming_the_reference(tmp_path: Path) -> 
     table = (tmp_path / "bd.md").read_text()
     assert "BD against **ref** (ref.json)" in table and "BD-rate PSNR vs ref" in table
     assert "| mine | +11.11 %" in table  # 1/0.9 - 1
-    assert "| Other | +33.33 %" in table  # 1.2/0.9 - 1
+    assert "| Other (published) | +33.33 %" in table  # 1.2/0.9 - 1
     assert (tmp_path / "rd.svg").read_text().lstrip().startswith("<?xml")
 
 

@@ -47,7 +47,8 @@ def _image_paths(images: Path, limit: Optional[int]) -> list[Path]:
 @device_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CompressAI result JSON to write; per-image rows go beside it (OUT.rows.jsonl, OUT.csv)")
-@click.option("--name", default=None, help="the curve's name (default: the codec, or the output file's stem)")
+@click.option("--name", default=None,
+              help="the curve's name (default: the codec and its library, or the output file's stem)")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N images (sorted by name)")
 @click.option("--forward-check/--no-forward-check", default=True, show_default=True,
               help="compare each decoded image with the eval-mode forward's x_hat (one more forward pass; eager, "
@@ -112,7 +113,7 @@ def _classical(name: str, qualities: tuple[str, ...]):  # noqa: ANN202 - (points
         raise click.BadParameter(f"{exc}: qualities are integers", param_hint="--quality") from exc
     points = classical_points(codec, values)
     library = codec.library()
-    return (points, {"codec": name, "library": library}, codec.title,
+    return (points, {"codec": name, "library": library}, f"{codec.title} ({library.split(',')[0]})",
             f"{codec.title} through {library}, Pillow's defaults, quality {points[0].key.split('-q')[1]}.."
             f"{points[-1].key.split('-q')[1]}")
 
@@ -191,6 +192,8 @@ def plot(results: tuple[Path, ...], anchors: Optional[Path], anchor_names: tuple
          output: Optional[Path], table_path: Optional[Path], title: str) -> None:
     """R-D figure (PSNR and MS-SSIM vs bpp) of RESULTS files (CompressAI JSON, e.g. from `hpcm eval`)
     over the published anchors, and a BD-rate / BD-PSNR table against --reference."""
+    import dataclasses
+
     from hpcm import config
     from hpcm.evaluation.bd import anchor_curves, bd_table, markdown_table, read_curve
     from hpcm.files import atomic_output, check_output
@@ -201,8 +204,9 @@ def plot(results: tuple[Path, ...], anchors: Optional[Path], anchor_names: tuple
     curves = [read_curve(p) for p in results]
     folder = anchors if anchors is not None else config.default_anchor_folder()
     published: dict = {}
-    if folder.is_dir():
-        published = anchor_curves(folder)
+    if folder.is_dir():  # marked as published: a measured JPEG and the published one must not share a name
+        published = {stem: c if "published" in c.name.lower() else dataclasses.replace(c, name=f"{c.name} (published)")
+                     for stem, c in anchor_curves(folder).items()}
     elif anchors is not None:
         raise click.BadParameter(f"{anchors} is not a folder", param_hint="--anchors")
     else:
@@ -260,7 +264,8 @@ def _parse_size(text: str) -> tuple[int, int]:
               help="timed encode+decode runs per configuration")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="untimed runs first")
 @click.option("--compare", default=None,
-              help="add ratio columns against this variant (one of the benched names, e.g. baseline)")
+              help="add ratio columns against this variant (one of the benched names, e.g. baseline; "
+                   "with --ablate: the base variant)")
 @click.option("--ablate", type=click.Choice(["cells", "fusion", "prior"]), default=None,
               help="also bench each one-part change of the (first) --variant: cells at s1/s2/s3, the fusion, "
                    "the s3 prior")
@@ -305,21 +310,23 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str
     if ablate:
         specs += [s for s in ablation_variants(names[0] if names else DEFAULT_VARIANT, ablate)
                   if s.name not in {t.name for t in specs}]
+        compare = compare or specs[0].name  # ratios against the ablated base
     dims = [_parse_size(s) for s in split_list(sizes)]
+    export_specs = {path: open_export(path).variant for path in exports}
     configs = []
     for width, height in dims:
         for spec in specs:
             configs.append(BenchConfig(spec.name, width, height, backend, device, variant=spec.to_dict(),
                                        warmup=warmup, repeats=repeats))
-        for path in exports:
-            configs.append(BenchConfig(open_export(path).manifest.variant, width, height, backend, device,
-                                       export=str(path), warmup=warmup, repeats=repeats))
+        for path, spec in export_specs.items():
+            configs.append(BenchConfig(spec.name, width, height, backend, device, export=str(path), warmup=warmup,
+                                       repeats=repeats))
     results = []
     for config in tqdm(configs, unit="configuration", disable=None, dynamic_ncols=True):
         results.append(run_configuration(config))
     costs = {}
-    if macs:
-        for spec in specs:
+    if macs:  # weights do not change the counts: an export's variant is counted on a seeded model
+        for spec in specs + list(export_specs.values()):
             costs[spec.name] = module_costs(build_model(spec, seed=0))
     if compare is not None and compare not in {r["name"] for r in results}:
         raise click.BadParameter(f"{compare!r} is not among the benched variants "
