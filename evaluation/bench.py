@@ -167,7 +167,8 @@ def markdown(report: dict, compare: Optional[str] = None) -> str:
         enc, dec = r["encode"]["wall"], r["decode"]["wall"]
         row = [r["name"], r["size"], f"{r['backend']} {r['device']}", f"{_ms(enc['median'])} / {_ms(enc['p90'])}",
                f"{_ms(dec['median'])} / {_ms(dec['p90'])}", str(enc["n"]), _mib(r["memory"]["peak_bytes"]),
-               f"{cost.get('total_parameters', 0) / 1e6:.2f}", f"{cost.get('total_macs_per_pixel', 0) / 1e3:.0f}"]
+               f"{cost['total_parameters'] / 1e6:.2f}" if cost else "-",
+               f"{cost['total_macs_per_pixel'] / 1e3:.0f}" if cost else "-"]
         base = _baseline_of(r, results, compare)
         if compare:
             base_cost = costs.get(compare, {})
