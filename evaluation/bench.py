@@ -71,6 +71,8 @@ def _resident_bytes() -> int:
 
 def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
+    from hpcm.codec.codec import padded_size
+    from hpcm.config import max_pixels
     from hpcm.export.artifact import ExportDir
     from hpcm.models import build_model
     from hpcm.models.variants import VariantSpec
@@ -87,7 +89,11 @@ def measure(config: BenchConfig) -> dict:
     device = runner_class(config.backend).resolve_device(config.device)
     cuda = device.type == "cuda"
     timeline = StageTimeline(device)
-    with codec_session(config.backend, model=model, export=export, device=str(device), clock=timeline) as codec:
+    # the size was chosen on purpose: the pixel limit that guards against hostile inputs is raised to it
+    alignment = model.alignment if model is not None else export.codec_parameters.alignment
+    padded_height, padded_width = padded_size(config.height, config.width, alignment)
+    with codec_session(config.backend, model=model, export=export, device=str(device), clock=timeline,
+                       max_pixels=max(max_pixels(), padded_height * padded_width)) as codec:
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
