@@ -2,7 +2,7 @@
 
 Each configuration (variant or export, image size, backend, device) runs in a fresh Python process
 (``python -m hpcm.evaluation.bench``), so its peak memory is its own: the process's peak resident set
-on CPU (``ru_maxrss``: PyTorch, the model and the coding together; the resident size once the codec is
+on CPU (``VmHWM``: PyTorch, the model and the coding together; the resident size once the codec is
 open is reported beside it), the CUDA caching allocator's peak on a GPU (memory that TensorRT
 allocates itself is not in it). In that process the codec codes a smooth synthetic image ``warmup``
 times untimed, then ``repeats`` times through a ``StageTimeline``: per call, the time of every stage
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -69,6 +68,18 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_resident_bytes() -> int:
+    """This process's peak resident set since it started (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries it across ``exec``, so a process started by a large parent (a
+    test runner holding gigabytes) reports at least the parent's size at the fork."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise BenchError("this system reports no peak resident set (/proc/self/status has no VmHWM)")
+
+
 def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
     from hpcm.codec.codec import padded_size
@@ -112,8 +123,8 @@ def measure(config: BenchConfig) -> dict:
     if cuda:
         memory = {"kind": "cuda_allocator_peak", "peak_bytes": torch.cuda.max_memory_allocated(device),
                   "loaded_bytes": loaded}
-    else:  # ru_maxrss is in KiB on Linux
-        memory = {"kind": "peak_rss", "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    else:
+        memory = {"kind": "peak_rss", "peak_bytes": _peak_resident_bytes(),
                   "loaded_bytes": loaded}
     result = {"name": config.name, "variant": variant, "size": config.size, "width": config.width,
               "height": config.height, "backend": config.backend, "device": str(device), "fingerprint": fingerprint,

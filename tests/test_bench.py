@@ -46,10 +46,16 @@ def test_timeline_attributes_each_moment_to_the_innermost_section() -> None:
 
 @pytest.fixture(scope="module")
 def bench_runs() -> dict:
-    """The tiny configuration at two sizes, each in its fresh process (one timed run each)."""
+    """The tiny configuration at two sizes, each in its fresh process (one timed run each).
+
+    The parent holds 1 GiB while they run: a child's peak must be its own, not the parent's size at the
+    fork (which ``ru_maxrss`` would report, masking the growth with the image)."""
     spec = get_variant(TINY).to_dict()
-    return {side: run_configuration(BenchConfig(TINY, side, side, variant=spec, warmup=0, repeats=1))
+    ballast = bytearray(b"\x01") * 2**30
+    runs = {side: run_configuration(BenchConfig(TINY, side, side, variant=spec, warmup=0, repeats=1))
             for side in (128, 256)}
+    del ballast
+    return runs
 
 
 def test_bench_stages_add_up_to_each_call(bench_runs: dict) -> None:
