@@ -20,6 +20,8 @@ Inputs in float16 are computed in float32 and the result is cast back to k's dty
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .contract import CONTRACT
@@ -28,6 +30,9 @@ from .reference import biwkv_scan
 # Largest exponent spread per compute dtype for which the closed form's cumulative sums stay normal
 # numbers with room for T terms: float32 underflows below exp(-87), float64 below exp(-708).
 CLOSED_FORM_SPREAD_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
+
+# (w, u, k, v) -> y: a vectorised form or a float64 reference of one Bi-WKV formula.
+ClosedForm = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _exclusive_cumsum(x: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -88,7 +93,7 @@ def biwkv_closed_form(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torc
     return (a_past * mean_past + a_future * mean_future + a_diagonal * v) / (a_past + a_future + a_diagonal)
 
 
-def _check_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def check_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"biwkv: k and v must both be (B, C, T); got {tuple(k.shape)} and {tuple(v.shape)}")
     if k.dtype != v.dtype or k.dtype not in (torch.float32, torch.float16, torch.float64):
@@ -100,18 +105,25 @@ def _check_inputs(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Te
         raise ValueError("biwkv: T must be at least 1")
 
 
-def biwkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Guarded vectorised evaluation (float32 accumulation at least); differentiable."""
-    _check_inputs(w, u, k, v)
+def guarded_evaluation(closed_form: ClosedForm, scan: ClosedForm, w: torch.Tensor, u: torch.Tensor,
+                       k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``closed_form`` in float32 (float64 for float64 input) while the exponent spread allows,
+    in float64 beyond that, and the float64 ``scan`` past the float64 range; y in k's dtype."""
+    check_inputs(w, u, k, v)
     spread = float(exponent_spread(w, k))
     compute = torch.float64 if k.dtype == torch.float64 else torch.float32
     if spread > CLOSED_FORM_SPREAD_LIMIT[compute]:
         compute = torch.float64
     if spread > CLOSED_FORM_SPREAD_LIMIT[torch.float64] or not torch.isfinite(torch.tensor(spread)):
-        y = biwkv_scan(w, u, k, v)
+        y = scan(w, u, k, v)
     else:
-        y = biwkv_closed_form(w.to(compute), u.to(compute), k.to(compute), v.to(compute))
+        y = closed_form(w.to(compute), u.to(compute), k.to(compute), v.to(compute))
     return y.to(k.dtype)
+
+
+def biwkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Guarded vectorised evaluation (float32 accumulation at least); differentiable."""
+    return guarded_evaluation(biwkv_closed_form, biwkv_scan, w, u, k, v)
 
 
 @torch.library.custom_op(CONTRACT.torch_op, mutates_args=())

@@ -71,3 +71,132 @@ def biwkv_scan(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     num = past_scale * past_num + future_scale * future_num + diagonal_scale * v
     den = past_scale * past_den + future_scale * future_den + diagonal_scale
     return num / den
+
+
+# ---------------------------------------------------------------------------------------------------
+# The "vrwkv" mode: the formula of Vision-RWKV's public CUDA kernel (``biwkv4_cuda_new.cu``, also
+# LALIC's and the LIC-HPCM-LALIC fork's, whose checkpoints were trained with it). It cuts T into
+# VRWKV_CHUNKS chunks of L = ceil(T / VRWKV_CHUNKS) tokens and runs the exact recurrences from chunk
+# starts whose states are off by one decay step. Written out, for t in the chunk [s, s + L), the
+# weight of exp(k_n) in y_t's numerator (times v_n) and denominator is
+#
+#     n < s or n > t:  exp(-|t-n| w)                      (the exact formula has |t-n| - 1)
+#     s <= n < t:      exp(-(t-n-1) w) + [n > s] (exp(-w) - 1) exp((t+1-n) w)
+#     n = t:           exp(u) + [t > s] (1 - exp(w))
+#
+# For T <= 32 every token starts a chunk, so every weight is exp(-|t-n| w). The kernel also adds
+# 1e-6 times its running scale to the denominator; that term is left out of the mode (its effect on
+# model outputs is float32 noise: README, "Bi-WKV modes").
+VRWKV_CHUNKS = 32
+
+
+def vrwkv_chunk_length(T: int) -> int:
+    return (T + VRWKV_CHUNKS - 1) // VRWKV_CHUNKS
+
+
+def biwkv_vrwkv_direct(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The vrwkv mode's y (B, C, T) in float64 term by term from the weights above (O(T^2))."""
+    w, u, k, v = _as_float64(w, u, k, v)
+    T = k.shape[-1]
+    t = torch.arange(T, dtype=torch.float64, device=k.device)
+    start = (t // vrwkv_chunk_length(T)) * vrwkv_chunk_length(T)
+    row, col, row_start = t[:, None], t[None, :], start[:, None]
+    wc, uc = w[0][:, None, None], u[0][:, None, None]  # (C, 1, 1)
+    weight = torch.exp(-wc * (row - col).abs())
+    weight = torch.where((col >= row_start) & (col < row), torch.exp(-wc * (row - col - 1)), weight)
+    spurious = (col > row_start) & (col < row)
+    weight = weight + torch.where(spurious, (torch.exp(-wc) - 1) * torch.exp(wc * (row + 1 - col)), 0.0)
+    diagonal = torch.exp(uc) + torch.where(row > row_start, 1 - torch.exp(wc), 0.0)
+    weight = torch.where(row == col, diagonal, weight)  # (C, T, T)
+    scaled = torch.exp(k - k.amax(-1, keepdim=True))  # (B, C, T)
+    num = torch.einsum("ctn,bcn->bct", weight, scaled * v)
+    return num / torch.einsum("ctn,bcn->bct", weight, scaled)
+
+
+def biwkv_vrwkv_scan(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     eps: float = 0.0) -> torch.Tensor:
+    """The vrwkv mode's y (B, C, T) in float64 by the kernel's own recurrences, chunk by chunk.
+
+    Each chunk keeps (log-offset, numerator, denominator) sums like the kernel's lanes; chunk
+    summaries are combined across chunks with their decays, then each chunk is rescanned from its
+    entering state. Any exponent range works. ``eps`` > 0 adds the kernel's denominator term
+    (1e-6 in the kernel) for measuring its effect; the mode itself has none.
+    """
+    w, u, k, v = _as_float64(w, u, k, v)
+    T = k.shape[-1]
+    length = vrwkv_chunk_length(T)
+    starts = range(0, T, length)
+    empty = torch.full_like(k[..., 0], -torch.inf)
+
+    def add(state, exponent, value):
+        """state + exp(exponent) * (value, 1), rescaled to the new largest exponent."""
+        offset, num, den = state
+        top = torch.maximum(offset, exponent)
+        old = torch.where(torch.isinf(offset), torch.zeros_like(top), torch.exp(offset - top))
+        new = torch.exp(exponent - top)
+        return top, old * num + new * value, old * den + new
+
+    def shifted(state, log_factor):
+        offset, num, den = state
+        return offset + log_factor, num, den
+
+    zero = (empty, torch.zeros_like(empty), torch.zeros_like(empty))
+    # Per chunk: forward sum_{n in chunk} exp(k_n - (n - s) w) and backward
+    # sum_{n in chunk} exp(k_n - (e - n) w) with e the chunk's end (exclusive).
+    forward, backward = [], []
+    for s in starts:
+        e = min(s + length, T)
+        f, b = zero, zero
+        for n in range(s, e):
+            f = add(f, k[..., n] - (n - s) * w[0], v[..., n])
+            b = add(b, k[..., n] - (e - n) * w[0], v[..., n])
+        forward.append(f)
+        backward.append(b)
+    y = torch.empty_like(k)
+    for j, s in enumerate(starts):
+        # entering past: sum_{n < s} exp(k_n - (s - n) w); future: sum_{n > s} exp(k_n - (n - s) w)
+        past = zero
+        for i in range(j):
+            offset, num, den = shifted(backward[i], -(j - i - 1) * length * w[0])
+            past = _merge(past, (offset, num, den))
+        future = zero
+        for i in range(j, len(starts)):
+            future = _merge(future, shifted(forward[i], -(i - j) * length * w[0]))
+        future = _remove(future, k[..., s], v[..., s])
+        for t in range(s, min(s + length, T)):
+            diagonal = u[0] + k[..., t]
+            top = torch.maximum(torch.maximum(past[0], future[0]), diagonal)
+
+            def scale(offset):
+                return torch.where(torch.isinf(offset), torch.zeros_like(top), torch.exp(offset - top))
+
+            a, f, d = scale(past[0]), scale(future[0]), torch.exp(diagonal - top)
+            num = a * past[1] + f * future[1] + d * v[..., t]
+            den = a * past[2] + f * future[2] + d + eps
+            y[..., t] = num / den
+            # the kernel's updates: past <- past * exp(-w) + exp(k_t) v_t;
+            # future <- (future - exp(k_{t+1}) v_{t+1}) * exp(w)
+            past = add(shifted(past, -w[0]), k[..., t], v[..., t])
+            if t + 1 < T:
+                future = shifted(_remove(future, k[..., t + 1], v[..., t + 1]), w[0])
+    return y
+
+
+def _merge(a, b):
+    """Sum of two (offset, num, den) states."""
+    top = torch.maximum(a[0], b[0])
+
+    def scale(offset):
+        return torch.where(torch.isinf(offset), torch.zeros_like(offset), torch.exp(offset - top))
+
+    sa, sb = scale(a[0]), scale(b[0])
+    return top, sa * a[1] + sb * b[1], sa * a[2] + sb * b[2]
+
+
+def _remove(state, exponent, value):
+    """state - exp(exponent) * (value, 1) (the kernel's future update subtracts)."""
+    offset, num, den = state
+    top = torch.maximum(offset, exponent)
+    old = torch.where(torch.isinf(offset), torch.zeros_like(top), torch.exp(offset - top))
+    new = torch.exp(exponent - top)
+    return top, old * num - new * value, old * den - new
