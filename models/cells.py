@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpcm.plugins.biwkv import biwkv, biwkv_closed_form
+from hpcm.plugins.biwkv import WKV_MODES
 
 from .layers import ChannelLayerNorm, conv1x1
 
@@ -60,7 +60,8 @@ class OmniShift(nn.Module):
 
     The four branches are always applied as one depth-wise 5x5 convolution whose kernel is computed
     from the parameters, so training and inference share one code path and no re-parameterisation
-    state lives in the module.
+    state lives in the module. (The fork keeps that kernel as a ``conv5x5_reparam`` weight which it
+    recomputes from the branches on its first evaluation call; checkpoints drop it on loading.)
     """
 
     def __init__(self, dim: int) -> None:
@@ -89,15 +90,17 @@ WKV_FORMS = ("op", "closed_form")
 class SpatialMix(nn.Module):
     """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens.
 
-    ``wkv_form`` says how the Bi-WKV is computed: ``"op"``, the contract's op (exact; one custom node
-    under ONNX export), or ``"closed_form"``, its cumulative-sum form in standard ops (what
-    ``hpcm-export --wkv decomposed`` sets on the copy it traces).
+    ``mode`` names the Bi-WKV formula (``hpcm.plugins.biwkv.WKV_MODES``: "exact" or "vrwkv").
+    ``wkv_form`` says how it is computed: ``"op"``, the mode's guarded evaluation (for "exact" the
+    contract's op: one custom node under ONNX export), or ``"closed_form"``, its cumulative-sum form in
+    standard ops (what ``hpcm-export --wkv decomposed`` sets on the copy it traces).
     """
 
     wkv_form = "op"
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, mode: str = "exact") -> None:
         super().__init__()
+        self.mode = WKV_MODES[mode]
         self.shift = OmniShift(dim)
         self.key = conv1x1(dim, dim, bias=False)
         self.value = conv1x1(dim, dim, bias=False)
@@ -119,8 +122,8 @@ class SpatialMix(nn.Module):
 
     def _wkv(self, w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.wkv_form == "closed_form":
-            return biwkv_closed_form(w.to(k.dtype), u.to(k.dtype), k, v)
-        return biwkv(w, u, k, v)
+            return self.mode.closed_form(w.to(k.dtype), u.to(k.dtype), k, v)
+        return self.mode.evaluate(w, u, k, v)
 
 
 class ChannelMix(nn.Module):
@@ -138,39 +141,70 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(x)) * self.value(torch.relu(self.key(x)).square())
 
 
-class RWKVBlock(nn.Module):
-    """Pre-LayerNorm residual RWKV block with layer-scale gammas; the identity path is always there."""
+# How an RWKV block adds its two mixes to the stream (VariantSpec.rwkv_block; RWKVBlock says how).
+RWKV_WIRINGS = ("post_ln", "pre_ln")
 
-    def __init__(self, dim: int, hidden_rate: int) -> None:
+
+class RWKVBlock(nn.Module):
+    """Spatial mix then channel mix, each scaled per channel by a gamma, in one of two wirings:
+
+    * ``post_ln`` (the LIC-HPCM-LALIC fork's blocks): ``x + gamma * (LN(mix(x)) - x)``. At gamma = 1
+      (its initial value) the normalised mix replaces x. Its blocks start as the fork's do: decay,
+      boost and the OmniShift alphas drawn from N(0, 1).
+    * ``pre_ln`` (LALIC's own block, the ``-preln`` variants): ``x + gamma * mix(LN(x))``, the
+      identity path always open; decay spread over -4..4, boost 0, alphas (1, .1, .1, .1).
+    """
+
+    def __init__(self, dim: int, hidden_rate: int, wiring: str = "post_ln", wkv: str = "exact") -> None:
         super().__init__()
+        if wiring not in RWKV_WIRINGS:
+            raise ValueError(f"unknown RWKV block wiring {wiring!r}; known: {', '.join(RWKV_WIRINGS)}")
+        self.wiring = wiring
         self.ln1 = ChannelLayerNorm(dim)
-        self.spatial_mix = SpatialMix(dim)
+        self.spatial_mix = SpatialMix(dim, wkv)
         self.ln2 = ChannelLayerNorm(dim)
         self.channel_mix = ChannelMix(dim, hidden_rate)
         self.gamma1 = nn.Parameter(torch.ones(dim))
         self.gamma2 = nn.Parameter(torch.ones(dim))
+        if wiring == "post_ln":
+            with torch.no_grad():
+                for parameter in (self.spatial_mix.decay, self.spatial_mix.boost, self.spatial_mix.shift.alpha,
+                                  self.channel_mix.shift.alpha):
+                    parameter.normal_()
+
+    @property
+    def decay(self) -> nn.Parameter:
+        return self.spatial_mix.decay
+
+    @property
+    def boost(self) -> nn.Parameter:
+        return self.spatial_mix.boost
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.gamma1[:, None, None] * self.spatial_mix(self.ln1(x))
-        return x + self.gamma2[:, None, None] * self.channel_mix(self.ln2(x))
+        gamma1, gamma2 = self.gamma1[:, None, None], self.gamma2[:, None, None]
+        if self.wiring == "pre_ln":
+            x = x + gamma1 * self.spatial_mix(self.ln1(x))
+            return x + gamma2 * self.channel_mix(self.ln2(x))
+        x = x + gamma1 * (self.ln1(self.spatial_mix(x)) - x)
+        return x + gamma2 * (self.ln2(self.channel_mix(x)) - x)
 
 
 class RWKVContextCell(nn.Module):
     """Drop-in replacement of CrossAttentionCell: fuse (x_t, h_prev), one RWKV block, project."""
 
-    def __init__(self, dim: int, hidden_rate: int) -> None:
+    def __init__(self, dim: int, hidden_rate: int, wiring: str = "post_ln", wkv: str = "exact") -> None:
         super().__init__()
         self.input_proj = conv1x1(2 * dim, dim)
-        self.block = RWKVBlock(dim, hidden_rate)
+        self.block = RWKVBlock(dim, hidden_rate, wiring, wkv)
         self.output_proj = conv1x1(dim, dim)
 
     @property
     def decay(self) -> nn.Parameter:
-        return self.block.spatial_mix.decay
+        return self.block.decay
 
     @property
     def boost(self) -> nn.Parameter:
-        return self.block.spatial_mix.boost
+        return self.block.boost
 
     def forward(self, x_t: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         return self.output_proj(self.block(self.input_proj(torch.cat((x_t, h_prev), dim=1))))
@@ -179,9 +213,10 @@ class RWKVContextCell(nn.Module):
 class RWKVFusionNet(nn.Module):
     """Replacement of a context_net conv1x1: RWKV blocks then a 1x1 projection."""
 
-    def __init__(self, dim: int, num_blocks: int, hidden_rate: int) -> None:
+    def __init__(self, dim: int, num_blocks: int, hidden_rate: int, wiring: str = "post_ln",
+                 wkv: str = "exact") -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*(RWKVBlock(dim, hidden_rate) for _ in range(num_blocks)))
+        self.blocks = nn.Sequential(*(RWKVBlock(dim, hidden_rate, wiring, wkv) for _ in range(num_blocks)))
         self.out_proj = conv1x1(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

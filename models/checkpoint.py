@@ -1,10 +1,12 @@
-"""Checkpoints: save/load (ours and the official raw state_dicts), variant conversion, size report.
+"""Checkpoints: save/load (ours, and raw state_dicts of the official code and the LIC-HPCM-LALIC fork),
+variant conversion, size report.
 
 The project's own checkpoints (format 2) record the variant spec and a SHA-256 over the spec and every
 tensor (name, dtype, shape, bytes), verified on load: a flipped byte anywhere in the weights or the
 spec is refused instead of silently coding with other weights. They always hold the entropy tables
 (computed with ``HPCM.update()`` before saving when the model has none). Format 1 files (no digest)
-still load, with a notice.
+still load, with a notice. Raw state_dicts record no variant: ``recognise`` reads it off the keys
+(and maps the fork's layout, ``fork``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -23,7 +25,9 @@ from hpcm.files import atomic_output
 from hpcm.log import LOG
 
 from .cdf_tables import TABLE_NAMES
+from .fork import strip_data_parallel
 from .hpcm import HPCM, build_model, check_model_size
+from .recognise import CheckpointContents, describe_state_dict
 from .variants import VariantSpec, get_variant
 
 FORMAT = "hpcm-rwkv-checkpoint"
@@ -103,9 +107,7 @@ def _verified(path: Path, payload: dict) -> tuple[VariantSpec, dict]:
     return spec, state_dict
 
 
-def read_checkpoint(path: Union[str, Path]) -> tuple[Optional[VariantSpec], dict]:
-    """(variant recorded in the file or None for a raw/official state_dict, state_dict)."""
-    path = Path(path)
+def _read_payload(path: Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if not path.is_file():
@@ -116,6 +118,10 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[Optional[VariantSpec], dict
         raise _load_failure(path, exc) from exc
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a state_dict")
+    return payload
+
+
+def _split_payload(path: Path, payload: dict) -> tuple[Optional[VariantSpec], dict]:
     if payload.get("format") == FORMAT:
         return _verified(path, payload)
     for wrapper in ("state_dict", "model", "net"):
@@ -124,10 +130,31 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[Optional[VariantSpec], dict
             break
     if not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise CheckpointError(f"{path} is neither an hpcm-rwkv checkpoint nor a state_dict")
-    # DataParallel prefixes every key with "module."
-    if all(k.startswith("module.") for k in payload):
-        payload = {k[len("module."):]: v for k, v in payload.items()}
-    return None, payload
+    return None, strip_data_parallel(payload)[0]
+
+
+def read_checkpoint(path: Union[str, Path]) -> tuple[Optional[VariantSpec], dict]:
+    """(variant recorded in the file or None for a raw/official/fork state_dict, state_dict as saved
+    but without DataParallel's ``module.`` prefixes)."""
+    path = Path(path)
+    return _split_payload(path, _read_payload(path))
+
+
+def describe_payload(payload: dict, where: Union[str, Path]) -> CheckpointContents:
+    """What a loaded checkpoint payload is: an hpcm-rwkv checkpoint, or a raw state_dict (official
+    HPCM, LIC-HPCM-LALIC fork or this project's; bare or in a training file, with or without
+    ``module.`` prefixes) described by ``recognise.describe_state_dict``."""
+    recorded, state_dict = _split_payload(Path(where), payload)
+    if recorded is not None:
+        return CheckpointContents("hpcm-rwkv checkpoint", recorded, state_dict,
+                                  [f"variant {recorded.name} recorded in the file"])
+    return describe_state_dict(state_dict, payload)
+
+
+def inspect_checkpoint(path: Union[str, Path]) -> CheckpointContents:
+    """Read a checkpoint file and say what it holds (``describe_payload``)."""
+    path = Path(path)
+    return describe_payload(_read_payload(path), path)
 
 
 def _mismatch_message(model: HPCM, state_dict: dict) -> str:
@@ -144,32 +171,41 @@ def _mismatch_message(model: HPCM, state_dict: dict) -> str:
     return "; ".join(parts)
 
 
-def load_checkpoint(path: Union[str, Path], variant: Union[str, VariantSpec, None] = None) -> HPCM:
-    """A model with the checkpoint's weights. A raw (official) state_dict records no variant: give
-    ``variant``; without it, one that fits baseline (the official HPCM-Base) loads as that, with a notice."""
-    recorded, state_dict = read_checkpoint(path)
-    if recorded is not None and variant is not None and get_variant(variant).name != recorded.name:
+def model_from_contents(contents: CheckpointContents, variant: Union[str, VariantSpec, None],
+                        where: Union[str, Path]) -> HPCM:
+    """The model of a described checkpoint, as the variant recorded in it or recognised from its keys;
+    ``variant`` must then agree, and is needed only when the keys cannot decide."""
+    requested = get_variant(variant) if variant is not None else None
+    found = contents.variant
+    if found is not None and requested is not None and requested.name != found.name:
         raise CheckpointError(
-            f"{path} holds variant {recorded.name!r}, not {get_variant(variant).name!r}; "
-            f"use `hpcm convert {path} --to {get_variant(variant).name}` to migrate it"
+            f"{where} holds variant {found.name!r}, not {requested.name!r}; "
+            f"use `hpcm convert {where} --to {requested.name}` to migrate it"
         )
-    spec = recorded or get_variant(variant or "baseline")
+    spec = found or requested
+    if spec is None:
+        fits = (f"its keys fit {', '.join(contents.candidates)}" if contents.candidates
+                else "its keys fit no known variant")
+        raise CheckpointError(f"{where} records no variant and {fits}; pass the variant it was trained as with "
+                              "--variant (a name or a .json file)")
     try:
         check_model_size(spec)
     except VariantError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+        raise CheckpointError(f"{where}: {exc}") from exc
+    for notice in contents.notices:
+        LOG.warning(f"{where}: {notice}")
     model = HPCM(spec)
-    problem = _mismatch_message(model, state_dict)
-    if problem and recorded is None and variant is None:
-        raise CheckpointError(f"{path} records no variant and does not fit baseline ({problem}); pass the variant "
-                              "it was trained as with --variant (a name or a .json file)")
+    problem = _mismatch_message(model, contents.state_dict)
     if problem:
-        raise CheckpointError(f"{path} does not fit variant {spec.name!r}: {problem}")
-    if recorded is None and variant is None:
-        LOG.warning(f"{path} records no variant; it fits baseline (the official HPCM-Base) and is loaded as that "
-                    "(pass --variant if it is another)")
-    model.load_state_dict(state_dict, strict=True)
+        raise CheckpointError(f"{where} does not fit variant {spec.name!r}: {problem}")
+    model.load_state_dict(contents.state_dict, strict=True)
     return model
+
+
+def load_checkpoint(path: Union[str, Path], variant: Union[str, VariantSpec, None] = None) -> HPCM:
+    """A model with the weights of a checkpoint of this project, of the official HPCM code or of the
+    LIC-HPCM-LALIC fork (``model_from_contents``)."""
+    return model_from_contents(inspect_checkpoint(path), variant, path)
 
 
 @dataclass
@@ -192,8 +228,10 @@ class ConversionReport:
 def convert_model(source: HPCM, target: Union[str, VariantSpec], seed: int = 0) -> tuple[HPCM, ConversionReport]:
     """A ``target`` model carrying every tensor of ``source`` with the same name and shape;
     everything else keeps its fresh (seeded) initialisation. The entropy tables are not carried but
-    computed from the converted weights (the source's z tables belong to its own z scales)."""
-    model = build_model(target, seed=seed)
+    computed from the converted weights (the source's z tables belong to its own z scales). The target
+    keeps the source's M and N."""
+    spec = get_variant(target)
+    model = build_model(replace(spec, M=source.spec.M, N=source.spec.N), seed=seed)
     report = ConversionReport()
     source_state = {k: v for k, v in source.state_dict().items() if k not in TABLE_NAMES}
     target_state = {k: v for k, v in model.state_dict().items() if k not in TABLE_NAMES}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -31,21 +32,21 @@ from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, Synthe
 from .variants import VARIANTS, CellSpec, CrossAttentionCellSpec, PriorSpec, VariantSpec, get_variant
 
 # The most parameters a model built from a spec of unknown origin (a --variant file, a checkpoint) may
-# have: about four times phase4's 101 M, 1.6 GB of float32 weights. The spec's ranges alone
+# have: about 2.5 times phase4's 158.5 M, 1.6 GB of float32 weights. The spec's ranges alone
 # (variants.LIMITS) would allow 1.7 G.
 MAX_PARAMETERS = 400_000_000
 
 class SpatialPrior(nn.Module):
     """``branch_2(branch_1(x) * adaptive_param)``; branch_2 ends in conv1x1(3M, 2M)."""
 
-    def __init__(self, M: int, spec: PriorSpec) -> None:
+    def __init__(self, M: int, spec: PriorSpec, rwkv_block: str, wkv: str) -> None:
         super().__init__()
 
         def block(kind: str) -> nn.Module:
             if kind == "dwconv":
                 return DWConvRB(3 * M)
             if kind == "rwkv":
-                return RWKVBlock(3 * M, spec.rwkv_hidden_rate)
+                return RWKVBlock(3 * M, spec.rwkv_hidden_rate, rwkv_block, wkv)
             raise VariantError(f"unknown prior block kind {kind!r}")
 
         self.branch_1 = nn.Sequential(*(block(k) for k in spec.branch_1))
@@ -55,21 +56,22 @@ class SpatialPrior(nn.Module):
         return self.branch_2(self.branch_1(x) * adaptive_param)
 
 
-def _context_cell(spec: CellSpec, dim: int) -> nn.Module:
+def _context_cell(spec: CellSpec, dim: int, variant: VariantSpec) -> nn.Module:
     if isinstance(spec, CrossAttentionCellSpec):
         return CrossAttentionCell(dim, dim, window_size=spec.window, kernel_size=1)
-    return RWKVContextCell(dim, spec.hidden_rate)
+    return RWKVContextCell(dim, spec.hidden_rate, variant.rwkv_block, variant.wkv)
 
 
 class HPCM(nn.Module):
     """HPCM image codec network. ``HPCM("phase2")`` or ``HPCM(VariantSpec(...))``; a bare ``HPCM()``
-    is HPCM-Base, as the official class is."""
+    is ``hpcm.config.DEFAULT_VARIANT`` (``HPCM_Baseline()`` is the official HPCM-Base)."""
 
-    def __init__(self, variant: VariantSpec | str = "baseline", M: Optional[int] = None, N: Optional[int] = None) -> None:
+    def __init__(self, variant: VariantSpec | str = DEFAULT_VARIANT, M: Optional[int] = None,
+                 N: Optional[int] = None) -> None:
         super().__init__()
         spec = get_variant(variant)
         if M is not None or N is not None:
-            spec = VariantSpec(**{**spec.__dict__, "M": M or spec.M, "N": N or spec.N})
+            spec = replace(spec, M=M or spec.M, N=N or spec.N)
         self.spec = spec
         M, N = spec.M, spec.N
         self.M, self.N = M, N
@@ -88,16 +90,17 @@ class HPCM(nn.Module):
         self.y_spatial_prior_adaptor_list_s1 = nn.ModuleList(conv1x1(3 * M, 3 * M) for _ in range(1))
         self.y_spatial_prior_adaptor_list_s2 = nn.ModuleList(conv1x1(3 * M, 3 * M) for _ in range(3))
         self.y_spatial_prior_adaptor_list_s3 = nn.ModuleList(conv1x1(3 * M, 3 * M) for _ in range(6))
-        self.y_spatial_prior_s1_s2 = SpatialPrior(M, spec.prior_s1_s2)
-        self.y_spatial_prior_s3 = SpatialPrior(M, spec.prior_s3)
+        self.y_spatial_prior_s1_s2 = SpatialPrior(M, spec.prior_s1_s2, spec.rwkv_block, spec.wkv)
+        self.y_spatial_prior_s3 = SpatialPrior(M, spec.prior_s3, spec.rwkv_block, spec.wkv)
         self.adaptive_params_list = nn.ParameterList(nn.Parameter(torch.ones(1, 3 * M, 1, 1)) for _ in range(10))
 
-        self.attn_s1, self.attn_s2, self.attn_s3 = (_context_cell(c, 2 * M) for c in spec.cells)
+        self.attn_s1, self.attn_s2, self.attn_s3 = (_context_cell(c, 2 * M, spec) for c in spec.cells)
         if spec.fusion.kind == "conv1x1":
             self.context_net = nn.ModuleList(conv1x1(2 * M, 2 * M) for _ in range(2))
         else:
             self.context_net = nn.ModuleList(
-                RWKVFusionNet(2 * M, spec.fusion.num_blocks, spec.fusion.hidden_rate) for _ in range(2)
+                RWKVFusionNet(2 * M, spec.fusion.num_blocks, spec.fusion.hidden_rate, spec.rwkv_block, spec.wkv)
+                for _ in range(2)
             )
         self.layout = ScaleLayout(M)
 
@@ -250,7 +253,7 @@ def check_model_size(spec: VariantSpec) -> None:
         count = sum(p.numel() for p in HPCM(spec).parameters())
     if count > MAX_PARAMETERS:
         raise VariantError(f"variant {spec.name!r} would have {count:,} parameters, more than the {MAX_PARAMETERS:,} "
-                           "a model may have here (about four times phase4)")
+                           "a model may have here (about 2.5 times phase4)")
 
 
 def build_model(variant: VariantSpec | str = DEFAULT_VARIANT, seed: Optional[int] = None) -> HPCM:
@@ -265,3 +268,29 @@ def build_model(variant: VariantSpec | str = DEFAULT_VARIANT, seed: Optional[int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return HPCM(spec)
+
+
+# The report's API, the names of the fork's classes: thin constructors over the variant table.
+def HPCM_Baseline(M: int = 320, N: int = 256) -> HPCM:  # noqa: N802 - the published name
+    """``HPCM("baseline", M, N)``: the official HPCM-Base."""
+    return HPCM("baseline", M=M, N=N)
+
+
+def HPCM_Phase1(M: int = 320, N: int = 256) -> HPCM:  # noqa: N802 - the published name
+    """``HPCM("phase1", M, N)``: the fork's ``HPCM_Phase1``."""
+    return HPCM("phase1", M=M, N=N)
+
+
+def HPCM_Phase2(M: int = 320, N: int = 256) -> HPCM:  # noqa: N802 - the published name
+    """``HPCM("phase2", M, N)``: the fork's ``HPCM_Phase2``."""
+    return HPCM("phase2", M=M, N=N)
+
+
+def HPCM_Phase3(M: int = 320, N: int = 256) -> HPCM:  # noqa: N802 - the published name
+    """``HPCM("phase3", M, N)``: the fork's ``HPCM_Phase3``."""
+    return HPCM("phase3", M=M, N=N)
+
+
+def HPCM_Phase4(M: int = 320, N: int = 256) -> HPCM:  # noqa: N802 - the published name
+    """``HPCM("phase4", M, N)``: the fork's ``HPCM_Phase4``."""
+    return HPCM("phase4", M=M, N=N)

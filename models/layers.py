@@ -84,9 +84,9 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Statistics in float32 also for float16 activations (fp16 exports): squared deviations
-        # beyond 256 would overflow float16. For float32 input both casts are no-ops.
-        x32 = x.float()
-        mean = x32.mean(dim=1, keepdim=True)
-        var = (x32 - mean).pow(2).mean(dim=1, keepdim=True)
-        normed = ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        # beyond 256 would overflow float16. For float32 and float64 input both casts are no-ops.
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = wide.mean(dim=1, keepdim=True)
+        var = (wide - mean).pow(2).mean(dim=1, keepdim=True)
+        normed = ((wide - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
         return normed * self.weight[:, None, None] + self.bias[:, None, None]

@@ -1,4 +1,5 @@
-"""Variants as data: which context cell at which scale, how contexts are fused, what the priors hold.
+"""Variants as data: which context cell at which scale, how contexts are fused, what the priors hold,
+how RWKV blocks are wired and which Bi-WKV formula they compute.
 
 A new ablation (say RWKV only at s2) is a new ``VariantSpec`` value, never a new model class:
 
@@ -7,6 +8,15 @@ A new ablation (say RWKV only at s2) is a new ``VariantSpec`` value, never a new
 
 or, wherever a variant is named (``--variant`` of every command), a variant expression: a base (name
 or .json file) and ``+FIELD=VALUE`` changes, e.g. ``baseline+s2=rwkv3`` (``derive_variant``).
+
+``phase1``..``phase4`` are the classes of the LIC-HPCM-LALIC fork (``src/models/hpcm_variants``),
+whose code is what trained checkpoints follow: post-LN blocks, and in phase4 all-RWKV spatial priors.
+``phaseN-vrwkv`` are the same networks computing the Bi-WKV as the fork's CUDA kernel did in
+training (its checkpoints load as these). ``phaseN-preln`` are this project's earlier reading of the
+report: pre-LN blocks as in LALIC itself, whose identity path is open from initialisation, and in
+phase4-preln two RWKV blocks (hidden 2) after three DWConvRB in the s3 prior only. A spec that does
+not say its ``rwkv_block`` wiring is pre-LN, what every spec meant before the field existed; a
+recorded "phaseN" without it (checkpoints and exports of that time) loads as phaseN-preln.
 
 A spec is validated when it is made, wherever it comes from (the built-ins, ``dataclasses.replace``,
 a checkpoint, an export manifest, a ``--variant`` JSON file): field types, required fields and
@@ -23,6 +33,9 @@ from typing import Any, Literal, Sequence, Union
 
 from hpcm.config import DEFAULT_VARIANT
 from hpcm.errors import VariantError
+from hpcm.plugins.biwkv import WKV_MODES
+
+from .cells import RWKV_WIRINGS
 
 # field -> (smallest, largest) of every integer a spec holds
 LIMITS = {
@@ -123,6 +136,8 @@ class VariantSpec:
     prior_s3: PriorSpec = PriorSpec(("dwconv", "dwconv", "dwconv"), ("dwconv", "dwconv"))
     M: int = 320
     N: int = 256
+    rwkv_block: str = "pre_ln"  # how every RWKV block adds its mixes: cells.RWKV_WIRINGS
+    wkv: str = "exact"  # the Bi-WKV formula of every RWKV block: hpcm.plugins.biwkv.WKV_MODES
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 0 < len(self.name) <= MAX_NAME or not self.name.isascii() \
@@ -140,6 +155,16 @@ class VariantSpec:
         _integer(self.N, "N")
         if self.M % 16:
             raise VariantError(f"M = {self.M} must be a multiple of 16")
+        if self.rwkv_block not in RWKV_WIRINGS:
+            raise VariantError(f"unknown rwkv_block {self.rwkv_block!r} ({' or '.join(RWKV_WIRINGS)})")
+        if self.wkv not in WKV_MODES:
+            raise VariantError(f"unknown wkv mode {self.wkv!r} ({' or '.join(WKV_MODES)})")
+
+    @property
+    def has_rwkv(self) -> bool:
+        return (any(isinstance(c, RWKVCellSpec) for c in self.cells) or self.fusion.kind == "rwkv"
+                or "rwkv" in self.prior_s1_s2.branch_1 + self.prior_s1_s2.branch_2
+                + self.prior_s3.branch_1 + self.prior_s3.branch_2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +197,14 @@ class VariantSpec:
                         raise VariantError(f"{prior}.{branch} must be a list of block kinds, got {values[branch]!r}")
                     values[branch] = tuple(values[branch])
                 spec[prior] = _made(PriorSpec, values, prior)
-        return cls(**spec)
+        made = cls(**spec)
+        if "rwkv_block" not in spec and made.name in FORK_NAMES and made.has_rwkv:
+            # Recorded before "phaseN" named the fork's post-LN classes: it is the pre-LN variant.
+            made = replace(made, name=made.name + PRELN_SUFFIX)
+            known = VARIANTS.get(made.name)
+            if known is not None and replace(known, description=made.description) == made:
+                made = known
+        return made
 
 
 def _fields(raw: Any, kind: type, where: str, required: Sequence[str] = ()) -> dict:
@@ -203,16 +235,45 @@ CROSS_S3 = CrossAttentionCellSpec(window=8)
 _RWKV_CELLS = (RWKVCellSpec(2), RWKVCellSpec(3), RWKVCellSpec(4))
 _RWKV_FUSION = FusionSpec(kind="rwkv", num_blocks=1, hidden_rate=4)
 
+# The fork's variants (LIC-HPCM-LALIC src/models/hpcm_variants/hpcm_phase{1..4}.py) ...
+_FORK = (
+    VariantSpec("phase1", "LIC-HPCM-LALIC phase1: RWKV context cell at s3 only", (CROSS_S1, CROSS_S2, RWKVCellSpec(4)),
+                rwkv_block="post_ln"),
+    VariantSpec("phase2", "LIC-HPCM-LALIC phase2: RWKV context cells at every scale", _RWKV_CELLS,
+                rwkv_block="post_ln"),
+    VariantSpec("phase3", "LIC-HPCM-LALIC phase3: phase2 + RWKV fusion of up-scaled contexts", _RWKV_CELLS,
+                _RWKV_FUSION, rwkv_block="post_ln"),
+    VariantSpec("phase4", "LIC-HPCM-LALIC phase4: phase3 + all-RWKV spatial priors (2+1 and 3+2 blocks, hidden 4)",
+                _RWKV_CELLS, _RWKV_FUSION,
+                prior_s1_s2=PriorSpec(("rwkv", "rwkv"), ("rwkv",), rwkv_hidden_rate=4),
+                prior_s3=PriorSpec(("rwkv", "rwkv", "rwkv"), ("rwkv", "rwkv"), rwkv_hidden_rate=4),
+                rwkv_block="post_ln"),
+)
+FORK_NAMES = tuple(spec.name for spec in _FORK)
+VRWKV_SUFFIX = "-vrwkv"
+PRELN_SUFFIX = "-preln"
+# ... the same computing the Bi-WKV as the fork's CUDA kernel (what its checkpoints were trained with) ...
+_VRWKV = tuple(replace(spec, name=spec.name + VRWKV_SUFFIX, wkv="vrwkv",
+                       description=spec.description + ", Bi-WKV of the fork's CUDA kernel (vrwkv mode)")
+               for spec in _FORK)
+# ... and this project's earlier pre-LN reading of the report (kept for its checkpoints and exports).
+_PRELN = (
+    VariantSpec("phase1-preln", "pre-LN RWKV context cell at s3 only", (CROSS_S1, CROSS_S2, RWKVCellSpec(4)),
+                rwkv_block="pre_ln"),
+    VariantSpec("phase2-preln", "pre-LN RWKV context cells at every scale", _RWKV_CELLS, rwkv_block="pre_ln"),
+    VariantSpec("phase3-preln", "phase2-preln + pre-LN RWKV fusion of up-scaled contexts", _RWKV_CELLS, _RWKV_FUSION,
+                rwkv_block="pre_ln"),
+    VariantSpec("phase4-preln", "phase3-preln + two pre-LN RWKV blocks (hidden 2) inside the s3 spatial prior",
+                _RWKV_CELLS, _RWKV_FUSION, prior_s3=PriorSpec(("dwconv", "dwconv", "dwconv"), ("rwkv", "rwkv")),
+                rwkv_block="pre_ln"),
+)
+
 VARIANTS: dict[str, VariantSpec] = {
     spec.name: spec
     for spec in (
         VariantSpec("baseline", "official HPCM-Base: windowed cross-attention cells at every scale",
                     (CROSS_S1, CROSS_S2, CROSS_S3)),
-        VariantSpec("phase1", "RWKV context cell at s3 only", (CROSS_S1, CROSS_S2, RWKVCellSpec(4))),
-        VariantSpec("phase2", "RWKV context cells at every scale", _RWKV_CELLS),
-        VariantSpec("phase3", "phase2 + RWKV fusion of up-scaled contexts", _RWKV_CELLS, _RWKV_FUSION),
-        VariantSpec("phase4", "phase3 + two RWKV blocks inside the s3 spatial prior", _RWKV_CELLS, _RWKV_FUSION,
-                    prior_s3=PriorSpec(("dwconv", "dwconv", "dwconv"), ("rwkv", "rwkv"))),
+        *_FORK, *_VRWKV, *_PRELN,
     )
 }
 
@@ -235,7 +296,8 @@ def read_variant_file(path: Path) -> VariantSpec:
 
 # What a ``+FIELD=VALUE`` change of a variant expression may say.
 EXPRESSION_HELP = ("s1|s2|s3=cross<window>|rwkv<hidden rate>, fusion=conv1x1|rwkv<hidden rate>[x<blocks>], "
-                   "prior_s1_s2|prior_s3=<blocks>/<blocks> (blocks dwconv or rwkv joined by '-'), M=<int>, N=<int>")
+                   "prior_s1_s2|prior_s3=<blocks>/<blocks> (blocks dwconv or rwkv joined by '-'), M=<int>, N=<int>, "
+                   f"rwkv_block={'|'.join(RWKV_WIRINGS)}, wkv={'|'.join(WKV_MODES)}")
 _SCALE_FIELDS = ("s1", "s2", "s3")
 
 
@@ -283,6 +345,8 @@ def derive_variant(base: VariantSpec, changes: str) -> VariantSpec:
             spec = replace(spec, **{field_name: _prior_value(field_name, value, getattr(spec, field_name))})
         elif field_name in ("M", "N") and value.isdigit():
             spec = replace(spec, **{field_name: int(value)})
+        elif field_name in ("rwkv_block", "wkv"):
+            spec = replace(spec, **{field_name: value})
         else:
             raise VariantError(f"cannot change {field_name!r} to {value!r}; fields: {EXPRESSION_HELP}")
     return replace(spec, name=f"{base.name}+{changes}",

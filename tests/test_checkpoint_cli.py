@@ -41,8 +41,10 @@ def test_wrong_variant_and_bad_files_fail_clearly(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     raw = tmp_path / "raw.pth"
     torch.save(build_model("phase2", seed=0).state_dict(), raw)
-    with pytest.raises(CheckpointError, match="does not fit baseline.*--variant"):
+    with pytest.raises(CheckpointError, match="fit phase2, phase2-vrwkv, phase2-preln; pass the variant.*--variant"):
         load_checkpoint(raw)
+    with pytest.raises(CheckpointError, match="does not fit variant 'phase3'"):
+        load_checkpoint(raw, "phase3")
 
 
 def test_convert_phase1_to_phase2_carries_shared_tensors():

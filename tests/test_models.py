@@ -1,20 +1,26 @@
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from hpcm.models import HPCM, STEPS, VARIANTS, build_model
-from hpcm.models.cells import CrossAttentionCell, RWKVContextCell, RWKVFusionNet
+from hpcm.models.cells import CrossAttentionCell, RWKVBlock, RWKVContextCell, RWKVFusionNet
 from hpcm.models.variants import CROSS_S1, CROSS_S3, RWKVCellSpec
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hpcm_base_state_dict.json"
 
 
+# One variant per structure (the -vrwkv variants share their structure with phaseN, the -preln
+# ones of phase1..3 too), so the module-scope models stay within memory.
+STRUCTURES = ("baseline", "phase1", "phase2", "phase3", "phase4", "phase4-preln")
+
+
 @pytest.fixture(scope="module")
 def models():
-    return {name: build_model(name, seed=0).eval() for name in VARIANTS}
+    return {name: build_model(name, seed=0).eval() for name in STRUCTURES}
 
 
 def test_baseline_state_dict_equals_official_table(models):
@@ -34,7 +40,7 @@ def test_variant_totals(models):
     totals = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     assert totals == {
         "baseline": 68_505_299, "phase1": 73_469_147, "phase2": 80_939_243,
-        "phase3": 91_688_699, "phase4": 101_029_515,
+        "phase3": 91_688_699, "phase4": 158_543_163, "phase4-preln": 101_029_515,
     }
 
 
@@ -49,9 +55,45 @@ def test_variant_structure(models):
             assert cell.decay.shape == (640,) and cell.boost.shape == (640,)
     assert isinstance(models["phase2"].context_net[0], torch.nn.Conv2d)
     assert isinstance(models["phase3"].context_net[1], RWKVFusionNet)
-    assert models["phase4"].y_spatial_prior_s3.branch_2[0].__class__.__name__ == "RWKVBlock"
+    # the fork's phase4: all-RWKV priors (2 + 1 and 3 + 2 blocks, hidden 4)
+    for prior, blocks in ((models["phase4"].y_spatial_prior_s1_s2, (2, 2)), (models["phase4"].y_spatial_prior_s3, (3, 3))):
+        assert [len(prior.branch_1), len(prior.branch_2)] == list(blocks)
+        assert all(isinstance(b, RWKVBlock) for b in (*prior.branch_1, *prior.branch_2[:-1]))
+        assert prior.branch_1[0].channel_mix.key.out_channels == 4 * 960
+    assert models["phase4-preln"].y_spatial_prior_s3.branch_2[0].__class__.__name__ == "RWKVBlock"
+    assert models["phase4-preln"].y_spatial_prior_s3.branch_1[0].__class__.__name__ == "DWConvRB"
     assert models["phase3"].y_spatial_prior_s3.branch_2[0].__class__.__name__ == "DWConvRB"
     assert models["phase2"].attn_s2.block.channel_mix.key.out_channels == 3 * 640
+
+
+def test_wiring_and_wkv_mode_are_data():
+    """phaseN, phaseN-vrwkv and phaseN-preln differ only in fields of their spec."""
+    for n in range(1, 5):
+        fork, vrwkv, preln = (VARIANTS[f"phase{n}{suffix}"] for suffix in ("", "-vrwkv", "-preln"))
+        assert (fork.rwkv_block, fork.wkv) == ("post_ln", "exact")
+        assert replace(vrwkv, name=fork.name, description=fork.description, wkv="exact") == fork
+        assert preln.rwkv_block == "pre_ln" and preln.wkv == "exact"
+    model = HPCM(replace(VARIANTS["phase2-vrwkv"], M=16, N=32))
+    assert model.attn_s1.block.wiring == "post_ln" and model.attn_s1.block.spatial_mix.mode.name == "vrwkv"
+
+
+@pytest.mark.parametrize("wiring", ["post_ln", "pre_ln"])
+def test_rwkv_block_wiring(wiring):
+    """post_ln: x + gamma*(LN(mix(x)) - x), the fork's; pre_ln: x + gamma*mix(LN(x))."""
+    block = RWKVBlock(32, 2, wiring).eval()
+    with torch.no_grad():
+        block.gamma1.uniform_(0.5, 1.5)
+        block.gamma2.uniform_(0.5, 1.5)
+    x = torch.randn(2, 32, 4, 6, generator=torch.Generator().manual_seed(0))
+    g1, g2 = block.gamma1[:, None, None], block.gamma2[:, None, None]
+    with torch.no_grad():
+        if wiring == "post_ln":
+            h = x + g1 * (block.ln1(block.spatial_mix(x)) - x)
+            expected = h + g2 * (block.ln2(block.channel_mix(h)) - h)
+        else:
+            h = x + g1 * block.spatial_mix(block.ln1(x))
+            expected = h + g2 * block.channel_mix(block.ln2(h))
+        assert torch.equal(block(x), expected)
 
 
 def test_spec_api():
@@ -77,8 +119,8 @@ def test_step_table_keeps_official_indexing():
     assert [s.scale for s in STEPS] == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-@pytest.mark.parametrize("size", [(256, 256), (512, 768)])
+@pytest.mark.parametrize(("name", "size"), [(name, (256, 256)) for name in STRUCTURES]
+                         + [(name, (512, 768)) for name in STRUCTURES if name != "phase4-preln"])
 def test_forward_every_variant(models, name, size):
     model = models[name]
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(1))

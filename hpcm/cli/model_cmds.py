@@ -20,16 +20,29 @@ def _load(variant: str | None, checkpoint: Path | None):  # noqa: ANN202 - an HP
 
 
 @click.command()
+@click.argument("checkpoint_file", metavar="[CHECKPOINT]", required=False, type=click.Path(path_type=Path))
 @variant_option()
 @click.option("--checkpoint", "-c", type=click.Path(path_type=Path), help="read the variant and weights from here")
-def info(variant: str | None, checkpoint: Path | None) -> None:
-    """Print the parameters of every module of a variant and the total."""
-    from hpcm.models.checkpoint import parameter_table
+def info(checkpoint_file: Path | None, variant: str | None, checkpoint: Path | None) -> None:
+    """Print what a checkpoint holds (who wrote it, how its keys were mapped, which variant it is) and
+    the parameters of every module of its variant (or of --variant) and the total."""
+    from hpcm.models.checkpoint import inspect_checkpoint, model_from_contents, parameter_table
 
-    model = _load(variant, checkpoint)
+    if checkpoint_file is not None and checkpoint is not None:
+        raise click.UsageError("give the checkpoint once: as CHECKPOINT or with --checkpoint")
+    checkpoint = checkpoint_file or checkpoint
+    if checkpoint is not None:
+        contents = inspect_checkpoint(checkpoint)
+        click.echo(f"checkpoint {checkpoint}: {contents.source}")
+        for line in contents.found:
+            click.echo(f"  {line}")
+        model = model_from_contents(contents, variant, checkpoint)
+    else:
+        model = _load(variant, None)
     spec = model.spec
     click.echo(f"variant {spec.name}: {spec.description}")
-    click.echo(f"M={spec.M} N={spec.N}, image sides must be multiples of {model.alignment} px")
+    rwkv = f", RWKV blocks {spec.rwkv_block}, Bi-WKV mode {spec.wkv}" if spec.has_rwkv else ""
+    click.echo(f"M={spec.M} N={spec.N}{rwkv}, image sides must be multiples of {model.alignment} px")
     for name, count in parameter_table(model):
         click.echo(f"  {name:<40} {count:>12,}  ({count / 1e6:.2f} M)")
 
