@@ -42,6 +42,7 @@ from hpcm.models.entropy import GeneralizedGaussian
 from hpcm.models.graphs import CODEC_GRAPHS, GRAPHS, GraphModule, step_graph_name
 from hpcm.models.hpcm import HPCM
 from hpcm.models.progressive import SCALES, STEPS
+from hpcm.plugins.biwkv import WKV_MODES
 from hpcm.plugins.biwkv.contract import CONTRACT, CONTRACT_PATH
 from hpcm.plugins.biwkv.op import CLOSED_FORM_SPREAD_LIMIT
 
@@ -165,6 +166,20 @@ def max_abs_decay(model: HPCM) -> float:
     values = [m.decay.detach().abs().max().item() for m in model.modules() if hasattr(m, "decay")
               and isinstance(getattr(m, "decay"), torch.Tensor)]
     return max(values, default=0.0)
+
+
+def default_wkv_route(model: HPCM) -> str:
+    """``custom`` where the model's Bi-WKV mode has the custom node, kernel and plugins, else ``decomposed``."""
+    return "custom" if WKV_MODES[model.spec.wkv].custom_node else "decomposed"
+
+
+def check_wkv_route(model: HPCM, wkv: str) -> None:
+    mode = WKV_MODES[model.spec.wkv]
+    if wkv == "custom" and not mode.custom_node:
+        raise ExportError(
+            f"{model.spec.name} computes the Bi-WKV in the {mode.name} mode ({mode.doc}); that mode has no custom "
+            f"node, CUDA kernel or TensorRT plugin: export it with --wkv decomposed (standard ONNX ops)"
+        )
 
 
 def check_decomposed_range(model: HPCM, margin: float = DECAY_MARGIN) -> float:
@@ -425,6 +440,7 @@ def export_model(
             f"the forward graph needs a sample size of at least {2 * model.alignment}x{2 * model.alignment} "
             f"(two alignment tiles per side) to keep height/width dynamic; got {size[0]}x{size[1]}"
         )
+    check_wkv_route(model, wkv)
     decay = check_decomposed_range(model) if wkv == "decomposed" else max_abs_decay(model)
     parameters = CodecParameters.from_model(model)  # refuses a model without entropy tables
     model = model.eval()

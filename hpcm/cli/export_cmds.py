@@ -19,9 +19,10 @@ from .options import checkpoint_option, load_model, size_options, variant_option
 @checkpoint_option
 @click.option("--output", "-o", "output", type=click.Path(path_type=Path), default=Path("onnx"), show_default=True,
               help="export folder to write (replaced whole if it is an earlier export; written transactionally)")
-@click.option("--wkv", type=click.Choice(["custom", "decomposed"]), default="custom", show_default=True,
+@click.option("--wkv", type=click.Choice(["custom", "decomposed"]), default=None,
               help="custom: one plugin node per Bi-WKV call (TensorRT, native ORT op); decomposed: standard ONNX "
-                   "ops only")
+                   "ops only (default: custom, or decomposed for the vrwkv Bi-WKV mode of fork checkpoints, "
+                   "which has no custom node)")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="compute dtype inside the graphs (inputs and outputs stay float32). fp16 keeps the WKV "
                    "accumulation, decay/boost and the likelihoods in float32; its scale indexes differ from "
@@ -41,13 +42,13 @@ from .options import checkpoint_option, load_model, size_options, variant_option
               help="run the onnxscript optimizer on each graph (about 3x the export time; ONNX Runtime and "
                    "TensorRT optimise the graphs themselves)")
 @click.option("--seed", default=DEFAULT_SEED, show_default=True, help="seed of the untrained model (no --checkpoint)")
-def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv: str, precision: str,
+def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv: Optional[str], precision: str,
            opt_size: tuple[int, int], min_size, max_size, opset: int, graphs: tuple[str, ...],  # noqa: ANN001
            with_forward: bool, optimize: bool, seed: int) -> None:
     """Export a model to an export folder: the codec's ONNX graphs (analysis, hyper synthesis, the ten
     steps, the two context fusions, synthesis) with dynamic batch/height/width, their shared weights, the
     codec's tables, and manifest.json. The folder alone is enough to encode and decode."""
-    from hpcm.export.onnx_export import export_model
+    from hpcm.export.onnx_export import default_wkv_route, export_model
     from hpcm.models import build_model
     from hpcm.models.graphs import CODEC_GRAPHS
 
@@ -58,6 +59,11 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
         model.update()
         LOG.warning(f"no --checkpoint given: exporting a seeded (seed={seed}) {model.spec.name} model with UNTRAINED "
                     "weights; the graphs are for plumbing and shape tests only")
+    if wkv is None:
+        wkv = default_wkv_route(model)
+        if wkv != "custom":
+            LOG.info(f"{model.spec.name} computes the Bi-WKV in the {model.spec.wkv} mode: exporting it as standard "
+                     f"ONNX ops (--wkv {wkv})")
     names = list(graphs or CODEC_GRAPHS)
     if with_forward and "forward" not in names:
         names.append("forward")
