@@ -11,6 +11,11 @@ boundary guard untested; scaled, y holds real symbols and some scales fall near 
 ``tests/test_golden.py`` checks that today's code decodes every stream to that image and encodes the
 input to the same bytes, so a change that would make existing .hpcm files undecodable fails CI
 until the format version is bumped and this script is run again.
+
+The phase2 and phase3 streams were remade without a format change when those names became the
+LIC-HPCM-LALIC fork's classes (post-LN blocks, another network): streams of the earlier pre-LN
+variants, now phase2-preln/phase3-preln, name their variant "phase2"/"phase3" and are refused by
+name. The baseline stream came out byte-identical, the check that the format itself did not move.
 """
 
 from __future__ import annotations
