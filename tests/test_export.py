@@ -144,12 +144,12 @@ def test_decomposed_step_matches_eager(decomposed_export, phase2, size, batch):
 
 
 def test_other_variant_step_graph(tmp_path):
-    """phase4's s3 prior holds two RWKV blocks: three WKV nodes in a s3 step graph."""
+    """phase4's s3 prior holds 3 + 2 RWKV blocks: with the s3 cell, six WKV nodes in a s3 step graph."""
     model = build_model("phase4", seed=0).eval()
     model.update()
     manifest = json.loads(export_model(model, tmp_path, wkv="custom", size=SIZE, graphs=["step05"]).read_text())
     onnx_model = onnx.load(str(tmp_path / "step05.onnx"))
-    assert len(_wkv_nodes(onnx_model)) == 3 == manifest["graphs"]["step05"]["wkv_nodes"]
+    assert len(_wkv_nodes(onnx_model)) == 6 == manifest["graphs"]["step05"]["wkv_nodes"]
 
 
 def test_decomposed_refuses_large_decay(tmp_path):
