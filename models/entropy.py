@@ -129,9 +129,10 @@ class GeneralizedGaussian(nn.Module):
         return float(self.scale_lower_bound.bound)
 
     def forward(self, values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-        # float32 whatever the activations' precision (no-op for float32): the 1e-9 likelihood bound
-        # is below float16's range, and so is the series of the exported CDF.
-        values, scales = values.float(), self.scale_lower_bound(scales.float())
+        # At least float32 whatever the activations' precision (no-op for float32 and float64): the
+        # 1e-9 likelihood bound is below float16's range, and so is the series of the exported CDF.
+        dtype = torch.promote_types(values.dtype, torch.float32)
+        values, scales = values.to(dtype), self.scale_lower_bound(scales.to(dtype))
         beta = self.beta_value
         likelihood = ggm_cdf((values + 0.5) / scales, beta) - ggm_cdf((values - 0.5) / scales, beta)
         return self.likelihood_lower_bound(likelihood)
