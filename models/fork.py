@@ -55,7 +55,7 @@ class ForkMapping:
     def summary(self) -> str:
         parts = ["'module.' prefixes stripped"] if self.prefix_stripped else []
         parts += [f"{self.moved_under_block} cell keys moved under block.",
-                  f"{self.shift_renamed} omni_shift -> shift",
+                  f"{self.shift_renamed} omni_shift keys renamed shift",
                   f"{self.linear_reshaped} Linear weights reshaped to 1x1 convolutions",
                   f"{len(self.reparam_dropped)} derived conv5x5_reparam weights dropped"]
         if self.adaptive_params_added:
