@@ -6,7 +6,7 @@ The changes swap a part for the other kind the built-in variants use there, as v
 * ``cells``: at each scale, a cross-attention cell becomes the RWKV cell phase2 has there, and an RWKV
   cell the cross-attention cell of the baseline (``baseline+s2=rwkv3`` is RWKV at s2 only);
 * ``fusion``: the transitions' context fusion swapped between conv1x1 and phase3's RWKV fusion;
-* ``prior``: the s3 prior's second branch swapped between DWConvRB blocks and phase4's RWKV blocks.
+* ``prior``: the s3 prior's second branch swapped between DWConvRB blocks and phase4-preln's RWKV blocks.
 
 These are speed, memory and cost ablations; an R-D ablation needs one trained checkpoint per variant
 (``hpcm eval -c``).
@@ -42,7 +42,7 @@ def _fusion(base: VariantSpec) -> list[str]:
 
 def _prior(base: VariantSpec) -> list[str]:
     branch_1 = "-".join(base.prior_s3.branch_1)
-    second = VARIANTS["phase4"].prior_s3.branch_2 if "rwkv" not in base.prior_s3.branch_2 else \
+    second = VARIANTS["phase4-preln"].prior_s3.branch_2 if "rwkv" not in base.prior_s3.branch_2 else \
         VARIANTS["phase3"].prior_s3.branch_2
     return [f"prior_s3={branch_1}/{'-'.join(second)}"]
 

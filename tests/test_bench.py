@@ -115,7 +115,7 @@ def test_variant_expressions_and_ablations() -> None:
     assert all(sum(a != b for a, b in zip(s.cells, base.cells)) == 1 for s in cells)
     back = ablation_variants("phase2", "cells")
     assert [s.cells[i] for i, s in enumerate(back)] == list(base.cells)
-    assert ablation_variants("phase4", "prior")[0].prior_s3 == get_variant("phase3").prior_s3
+    assert ablation_variants("phase4-preln", "prior")[0].prior_s3 == get_variant("phase3").prior_s3
 
 
 def test_eval_of_the_untrained_model_checks_decoding_against_the_forward(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hpcm.cli import main
+from hpcm.errors import CheckpointError
 from hpcm.models import HPCM, VARIANTS, build_model
 from hpcm.models.checkpoint import (describe_payload, inspect_checkpoint, load_checkpoint, read_checkpoint,
                                     save_checkpoint)
@@ -116,19 +117,22 @@ def test_project_layout_state_dict_needs_the_variant_named(tmp_path):
     torch.save(model.state_dict(), raw)
     contents = inspect_checkpoint(raw)
     assert contents.variant is None and contents.candidates == ("phase3", "phase3-vrwkv", "phase3-preln")
-    with pytest.raises(Exception, match="name the variant with --variant"):
+    with pytest.raises(CheckpointError, match="fit phase3, phase3-vrwkv, phase3-preln; pass the variant.*--variant"):
         load_checkpoint(raw)
-    assert load_checkpoint(raw, replace(tiny("phase3-preln"))).spec.rwkv_block == "pre_ln"
+    assert load_checkpoint(raw, tiny("phase3-preln")).spec.rwkv_block == "pre_ln"
 
 
 def test_checkpoint_of_the_pre_ln_era_loads_as_preln(tmp_path):
-    """hpcm-rwkv checkpoints written when "phase2" meant pre-LN blocks (no rwkv_block field) load as phase2-preln."""
+    """hpcm-rwkv checkpoints written when "phase2" meant pre-LN blocks (format 1, no rwkv_block field)
+    load as phase2-preln."""
     model = build_model(tiny("phase2-preln"), seed=0)
     path = save_checkpoint(model, tmp_path / "old.pth")
     payload = torch.load(path, weights_only=True)
     for field in ("rwkv_block", "wkv"):
         del payload["variant"][field]
     payload["variant"]["name"] = "phase2"
+    payload["format_version"] = 1
+    del payload["tensors_sha256"]
     torch.save(payload, path)
     assert read_checkpoint(path)[0] == tiny("phase2-preln")
 

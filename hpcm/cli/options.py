@@ -38,8 +38,8 @@ def combine(*decorators: Decorator) -> Decorator:
 def variant_option(help_default: str = f"the checkpoint's, else {DEFAULT_VARIANT}") -> Decorator:
     return click.option("--variant", "-v", default=None,
                         help=f"baseline, phase1..phase4 (the LIC-HPCM-LALIC fork's), phase1-vrwkv..phase4-vrwkv "
-                             f"(the same with its CUDA kernel's Bi-WKV), phase1-preln..phase4-preln, or a variant "
-                             f".json file (default: {help_default})")
+                             f"(the same with its CUDA kernel's Bi-WKV), phase1-preln..phase4-preln, a variant "
+                             f".json file or an expression such as phase2+wkv=vrwkv (default: {help_default})")
 
 
 checkpoint_option = click.option("--checkpoint", "-c", type=click.Path(dir_okay=False, path_type=Path), default=None,
