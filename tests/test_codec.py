@@ -19,10 +19,9 @@ from hpcm.runtime.session import eager_codec
 STREAM_FIXED_BYTES = 2 * 2 * LANES + 3
 
 
-# One variant per structure and Bi-WKV mode (the other -preln/-vrwkv names only change fields already
-# covered); each is built in its test, so that only one large model is held at a time.
-ROUND_TRIP_VARIANTS = ("baseline", "phase1", "phase2", "phase3", "phase4", "phase2-vrwkv", "phase2-preln",
-                       "phase4-preln")
+# One variant per structure and Bi-WKV mode (the block wiring does not reach the codec; test_models
+# checks it); each is built in its test, so that only one large model is held at a time.
+ROUND_TRIP_VARIANTS = ("baseline", "phase1", "phase2", "phase3", "phase4", "phase2-vrwkv")
 
 
 def seeded(name: str) -> torch.nn.Module:
