@@ -103,9 +103,11 @@ class GuardReader:
             raise BitstreamError("guard stream has too few bits")
         above = self.bits[self.bit_cursor:self.bit_cursor + count].astype(np.int64)
         self.bit_cursor += count
-        nearest, _ = nearest_boundary(scales.reshape(-1)[torch.from_numpy(positions)], table)
+        # the step's tensors live where the networks ran (a GPU too); the stream's lists on the host
+        listed = torch.from_numpy(positions).to(indexes.device)
+        nearest, _ = nearest_boundary(scales.reshape(-1)[listed.to(scales.device)], table)
         flat = indexes.reshape(-1).clone()
-        flat[torch.from_numpy(positions)] = torch.from_numpy(nearest + above).to(flat.dtype)
+        flat[listed] = torch.from_numpy(nearest + above).to(device=flat.device, dtype=flat.dtype)
         return flat.reshape(indexes.shape)
 
     def finish(self) -> None:

@@ -142,3 +142,13 @@ def test_eager_model_on_gpu_uses_kernel_and_matches_cpu(extension, monkeypatch):
     assert (got["x_hat"].cpu() - expected["x_hat"]).abs().max() < 1e-4
     for name in ("y", "z"):
         assert (got["likelihoods"][name].cpu() - expected["likelihoods"][name]).abs().max() < 1e-4
+
+
+@gpu
+def test_eager_runner_on_gpu_runs_the_kernel(extension):
+    """The codec's eager runner on a GPU registers the kernel itself and says so in its fingerprint."""
+    from hpcm.models import build_model
+    from hpcm.runtime.runners.eager import EagerRunner
+
+    with EagerRunner(build_model("phase2", seed=0), device="cuda") as runner:
+        assert runner.fingerprint.endswith("/wkv-kernel"), runner.fingerprint

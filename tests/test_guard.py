@@ -16,18 +16,24 @@ def _scales(n: int, seed: int) -> torch.Tensor:
     return s.reshape(1, 4, n // 4 // 10, 10)
 
 
+ON_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs a CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
 @pytest.mark.parametrize("noise", [1e-6, 5e-6])
-def test_guard_makes_noisy_decoders_rebuild_every_bucket(noise):
-    table = default_scale_table()
+def test_guard_makes_noisy_decoders_rebuild_every_bucket(noise, device):
+    """A decoder on either device rebuilds the encoder's buckets (its step tensors live on that device)."""
+    table = default_scale_table().to(device)
     writer = GuardWriter(1e-5)
-    steps = [_scales(40_000, seed) for seed in range(3)]
+    steps = [_scales(40_000, seed).to(device) for seed in range(3)]
     for scales in steps:
         writer.add_step(scales, table)
     reader = GuardReader(writer.flush())
     unguarded_flips = 0
     for seed, scales in enumerate(steps):
         g = torch.Generator().manual_seed(100 + seed)
-        noisy = scales * (1 + noise * (2 * torch.rand(scales.shape, generator=g) - 1))
+        noisy = scales * (1 + noise * (2 * torch.rand(scales.shape, generator=g) - 1)).to(device)
         unguarded = scale_indexes(noisy, table)
         unguarded_flips += int((unguarded != scale_indexes(scales, table)).sum())
         guarded = reader.apply_step(unguarded, noisy, table)

@@ -7,21 +7,38 @@ from typing import Optional
 
 import torch
 
+from hpcm.log import LOG
 from hpcm.models.graphs import GRAPHS, GraphModule
 from hpcm.models.hpcm import HPCM
 
 from .base import Runner
 
 
-def torch_fingerprint(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
-    """What eager PyTorch computes with: versions, device model and precision (TF32 is always off)."""
+def torch_fingerprint(device: torch.device, dtype: torch.dtype = torch.float32, wkv: str = "") -> str:
+    """What eager PyTorch computes with: versions, device model and precision (TF32 is always off),
+    and on a GPU which Bi-WKV implementation runs (``wkv``: the CUDA kernel or the vectorised form)."""
     precision = str(dtype).replace("torch.", "")
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(index).replace(" ", "_")
         return (f"torch-{torch.__version__}/cuda-{torch.version.cuda}/cudnn-{torch.backends.cudnn.version()}/"
-                f"{name}/{precision}/tf32-off")
+                f"{name}/{precision}/tf32-off" + (f"/wkv-{wkv}" if wkv else ""))
     return f"torch-{torch.__version__}/{device.type}/{precision}"
+
+
+def cuda_wkv_implementation() -> str:
+    """Registers the Bi-WKV CUDA kernel for ``hpcm::biwkv`` on CUDA (a JIT build the first time, cached
+    by PyTorch) and returns ``"kernel"``; where it cannot be built (no nvcc or ninja) the op keeps its
+    vectorised form, said once as a notice, and this returns ``"vectorised"``."""
+    from hpcm.plugins.biwkv.cuda import load_cuda_kernel
+
+    try:
+        load_cuda_kernel()
+    except (RuntimeError, OSError, ImportError) as exc:
+        LOG.warning("the Bi-WKV CUDA kernel could not be built (%s); the GPU runs its vectorised PyTorch "
+                    "form, which is slower", str(exc).strip().splitlines()[-1] if str(exc).strip() else exc)
+        return "vectorised"
+    return "kernel"
 
 
 class EagerRunner(Runner):
@@ -39,6 +56,7 @@ class EagerRunner(Runner):
         self.model = model
         self.dtype = dtype
         self._modules: dict[str, GraphModule] = {}
+        self._wkv = ""  # on a GPU: the Bi-WKV implementation chosen when activated
 
     @property
     def graphs(self) -> tuple[str, ...]:
@@ -46,9 +64,11 @@ class EagerRunner(Runner):
 
     @property
     def fingerprint(self) -> str:
-        return torch_fingerprint(self.device, self.dtype)
+        return torch_fingerprint(self.device, self.dtype, self._wkv)
 
     def _activate(self) -> None:
+        if self.device.type == "cuda" and not self._wkv:
+            self._wkv = cuda_wkv_implementation()
         reference = next(self.model.parameters())
         model = self.model
         if reference.device != self.device or reference.dtype != self.dtype:
