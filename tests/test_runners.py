@@ -84,3 +84,13 @@ def test_runner_list_and_device_rules(phase2, export):
     if not torch.cuda.is_available():
         with pytest.raises(RunnerError, match="no CUDA device"):
             open_runner("eager", model=phase2, device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where no CUDA kernel can be built")
+def test_gpu_wkv_without_a_buildable_kernel_says_so(caplog):
+    """Where the kernel cannot be built, the GPU path keeps the vectorised op and says so once."""
+    from hpcm.runtime.runners.eager import cuda_wkv_implementation
+
+    with caplog.at_level("WARNING", logger="hpcm"):
+        assert cuda_wkv_implementation() == "vectorised"
+    assert "Bi-WKV CUDA kernel could not be built" in caplog.text and "needs a CUDA build" in caplog.text
