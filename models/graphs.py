@@ -80,9 +80,13 @@ def _fusion_graph(scale: int) -> GraphDef:
     )
 
 
-def _forward(model, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN001 - an HPCM
-    out = model(x, training=False)
+def forward_outputs(out: dict) -> tuple[torch.Tensor, ...]:
+    """The forward graph's outputs, in order, from what ``HPCM.forward`` returns."""
     return out["x_hat"], out["likelihoods"]["y"], out["likelihoods"]["z"]
+
+
+def _forward(model, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: ANN001 - an HPCM
+    return forward_outputs(model(x, training=False))
 
 
 def _graphs() -> dict[str, GraphDef]:

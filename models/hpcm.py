@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -35,6 +35,23 @@ from .variants import VARIANTS, CellSpec, CrossAttentionCellSpec, PriorSpec, Var
 # have: about 2.5 times phase4's 158.5 M, 1.6 GB of float32 weights. The spec's ranges alone
 # (variants.LIMITS) would allow 1.7 G.
 MAX_PARAMETERS = 400_000_000
+
+
+class Rounding(NamedTuple):
+    """The rounding decisions of an evaluation forward: round(z - means_hyper), and round(y - means) of
+    every progressive step in order (the integers a codec would code)."""
+
+    z: torch.Tensor
+    y: tuple[torch.Tensor, ...]
+
+    def differences(self, other: "Rounding") -> int:
+        """How many decisions ``other`` makes otherwise (same image and sizes)."""
+        return sum(int((a != b.to(a.dtype)).sum()) for a, b in zip((self.z, *self.y), (other.z, *other.y)))
+
+    def count(self) -> int:
+        """How many decisions there are."""
+        return sum(t.numel() for t in (self.z, *self.y))
+
 
 class SpatialPrior(nn.Module):
     """``branch_2(branch_1(x) * adaptive_param)``; branch_2 ends in conv1x1(3M, 2M)."""
@@ -165,10 +182,18 @@ class HPCM(nn.Module):
     def _add_noise(x: torch.Tensor) -> torch.Tensor:
         return x + torch.empty_like(x).uniform_(-0.5, 0.5)
 
-    def forward(self, x: torch.Tensor, training: Optional[bool] = None) -> dict:
-        """Returns ``{"x_hat", "likelihoods": {"y", "z"}}``; noise/STE when training, rounding otherwise."""
+    def forward(self, x: torch.Tensor, training: Optional[bool] = None, rounding: Optional[Rounding] = None) -> dict:
+        """Returns ``{"x_hat", "likelihoods": {"y", "z"}}``; noise/STE when training, rounding otherwise,
+        and then also ``"rounding"``, the decisions taken (``Rounding``).
+
+        ``rounding`` (evaluation only): take these decisions instead of rounding here, e.g. those of a
+        float32 run when measuring a float16 copy: near a .5 boundary the two may round a residual
+        differently, and that moves x_hat by a whole quantisation step whatever the precision.
+        """
         if training is None:
             training = self.training
+        if training and rounding is not None:
+            raise ValueError("rounding decisions apply to evaluation; training adds noise instead")
         self.check_image_size(x.shape[-2], x.shape[-1])
         y = self.g_a(x)
         z = self.h_a(y)
@@ -177,7 +202,7 @@ class HPCM(nn.Module):
             z_hat = self._ste_round(z_res) + self.means_hyper
             z_likelihoods = self.entropy_estimation(self._add_noise(z_res), self.scales_hyper)
         else:
-            z_q = torch.round(z_res)
+            z_q = torch.round(z_res) if rounding is None else rounding.z.to(z_res.dtype)
             z_hat = z_q + self.means_hyper
             z_likelihoods = self.entropy_estimation(z_q, self.scales_hyper)
 
@@ -185,6 +210,7 @@ class HPCM(nn.Module):
         y_scales = schedule.all_scales(y)
         # Likelihoods are gathered per scale and lifted to full resolution once per scale.
         per_scale: list[Optional[torch.Tensor]] = [None, None, None]
+        decisions: list[torch.Tensor] = []
 
         def code_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
             residual = schedule.symbols(y_scales, step) - means
@@ -192,7 +218,8 @@ class HPCM(nn.Module):
                 y_q = self._ste_round(residual)
                 likelihood = self.entropy_estimation(self._add_noise(residual), scales)
             else:
-                y_q = torch.round(residual)
+                y_q = torch.round(residual) if rounding is None else rounding.y[step].to(residual.dtype)
+                decisions.append(y_q)
                 likelihood = self.entropy_estimation(y_q, scales)
             scale = STEPS[step].scale
             placed = schedule.step_mask(step).from_dense(likelihood)
@@ -202,7 +229,10 @@ class HPCM(nn.Module):
         y_hat = schedule.run(self.h_s(z_hat), code_step)
         y_likelihoods = sum(schedule.lift(t, scale) for scale, t in enumerate(per_scale))
         x_hat = self.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        out = {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+        if not training:
+            out["rounding"] = Rounding(z_q, tuple(decisions))
+        return out
 
     # ------------------------------------------------------------------ entropy tables and checkpoints
     def update(self, scale_table: Optional[torch.Tensor] = None) -> None:

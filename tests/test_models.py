@@ -104,6 +104,24 @@ def test_spec_api():
     assert out["x_hat"].shape == (1, 3, 128, 128)
 
 
+def test_forward_takes_given_rounding_decisions(models):
+    """Evaluation returns its rounding decisions and takes another run's (how the fp16 export measures
+    its forward with float32's decisions); a changed decision changes x_hat."""
+    model = models["phase2"]
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        own = model(x, training=False)
+        again = model(x, training=False, rounding=own["rounding"])
+        changed = own["rounding"]._replace(y=(own["rounding"].y[0] + 1, *own["rounding"].y[1:]))
+        moved = model(x, training=False, rounding=changed)
+    assert own["rounding"].count() == 320 * 8 * 8 + 256 * 2 * 2  # y and z of a 128x128 image
+    assert torch.equal(again["x_hat"], own["x_hat"]) and own["rounding"].differences(again["rounding"]) == 0
+    assert own["rounding"].differences(moved["rounding"]) == own["rounding"].y[0].numel()
+    assert not torch.allclose(moved["x_hat"], own["x_hat"])
+    with pytest.raises(ValueError, match="evaluation"):
+        model(x, training=True, rounding=own["rounding"])
+
+
 def test_ablation_variant_is_data_not_a_class():
     from dataclasses import replace
 
