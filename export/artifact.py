@@ -132,6 +132,9 @@ class GraphRecord:
     wkv_nodes: int
     export_seconds: float
     error_vs_float32: Optional[dict] = None  # reduced-precision exports only
+    # Reduced-precision forward only: {"decisions", "differing"}, its rounding decisions on the sample
+    # and how many of them differ from float32's (error_vs_float32 is measured with float32's).
+    rounding_vs_float32: Optional[dict] = None
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -31,6 +31,21 @@ FLOAT = onnx.TensorProto.FLOAT
 FLOAT16 = onnx.TensorProto.FLOAT16
 # float16 keeps 11 significant bits (relative step 4.9e-4); a few roundings in a row stay below this.
 FP16_RELATIVE = 5e-3
+# The whole forward rounds z and every step's y - means in the graph. float16 moves the means of seeded
+# phase2 by up to 4.4e-3 (of 0.71), and 70 of the 81,920 float32 y residuals of the 256x256 sample lie
+# within 5e-3 of a .5 boundary: float16 rounds 2 of its 86,016 decisions otherwise
+# (scripts/measure_fp16_forward.py). Each such symbol moves x_hat by a whole quantisation step (5e-2 of
+# its range) and changes the context of later steps, whatever the precision; with float32's decisions
+# x_hat is within 1.1e-3. So the forward's precision is judged with float32's decisions, and the
+# decisions that differ by their share: 2.5e-4 (21 of 86,016) leaves ten times room over float16's own
+# and fails when the priors' output is 1 % off (28 differ).
+FP16_ROUNDING_SHARE = 2.5e-4
+# On ONNX Runtime the forward's decisions cannot be given, so its outputs are judged by the share of values
+# outside float16 tolerance, the footprint of the symbols it rounds otherwise (seeded phase2 on the 256x128
+# pair below: 0.9 % of x_hat beyond 2e-3, 1e-4 of the y likelihoods beyond 1e-2; none on the 128x128 image;
+# exported with the priors' output 1 % off: 13 % and 5.9 % of x_hat, 2.7e-3 and 7.3e-4 of the likelihoods).
+X_HAT_TOLERANCE, X_HAT_SHARE = 2e-3, 0.05
+LIKELIHOOD_TOLERANCE, LIKELIHOOD_SHARE = 1e-2, 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +120,15 @@ def test_fp16_codec_round_trips_on_its_own_backend(tmp_path):
     assert report["passed"], report["failures"]
 
 
+def _share_beyond(got: torch.Tensor, expected: torch.Tensor, tolerance: float) -> float:
+    return float(((got - expected).abs() > tolerance).float().mean())
+
+
 @pytest.mark.slow
 def test_fp16_forward_matches_float32_eager(tmp_path, phase2):
-    """The whole forward in fp16 (its likelihoods stay float32) on ONNX Runtime against float32 eager.
+    """The whole forward in fp16 (its likelihoods stay float32) against float32 eager: its precision
+    with float32's rounding decisions, the share of decisions it takes otherwise (FP16_ROUNDING_SHARE
+    says why these are apart), and the graph on ONNX Runtime.
 
     About 7 minutes on 2 cores; HPCM_SKIP_SLOW_EXPORT=1 skips it."""
     import os
@@ -116,15 +137,20 @@ def test_fp16_forward_matches_float32_eager(tmp_path, phase2):
         pytest.skip("HPCM_SKIP_SLOW_EXPORT=1: the forward export takes about 7 min on 2 cores")
     manifest = json.loads(export_model(phase2, tmp_path, precision="fp16", size=(256, 256),
                                        graphs=["forward"]).read_text())
-    assert manifest["graphs"]["forward"]["error_vs_float32"]["x_hat"]["relative"] < FP16_RELATIVE
+    record = manifest["graphs"]["forward"]
+    assert all(e["relative"] < FP16_RELATIVE for e in record["error_vs_float32"].values()), record
+    rounding = record["rounding_vs_float32"]
+    assert rounding["decisions"] == 320 * 16 * 16 + 256 * 4 * 4, rounding
+    assert rounding["differing"] <= FP16_ROUNDING_SHARE * rounding["decisions"], rounding
     runner = OnnxRuntimeRunner(ExportDir.open(tmp_path)).activate()
     for size, batch in ((SIZE, 1), ((256, 128), 2)):
         x = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(6))
         with torch.no_grad():
             expected = phase2(x, training=False)
         got = runner.run("forward", {"x": x})
-        assert (got["x_hat"] - expected["x_hat"]).abs().max() <= 2e-3
+        shares = {"x_hat": _share_beyond(got["x_hat"], expected["x_hat"], X_HAT_TOLERANCE)}
         for name in ("y", "z"):
-            reference = expected["likelihoods"][name]
-            assert got[f"{name}_likelihoods"].dtype == torch.float32
-            assert (got[f"{name}_likelihoods"] - reference).abs().max() <= 1e-3
+            likelihoods = got[f"{name}_likelihoods"]
+            assert likelihoods.dtype == torch.float32
+            shares[name] = _share_beyond(likelihoods, expected["likelihoods"][name], LIKELIHOOD_TOLERANCE)
+        assert shares["x_hat"] <= X_HAT_SHARE and max(shares["y"], shares["z"]) <= LIKELIHOOD_SHARE, (size, shares)
