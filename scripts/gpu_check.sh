@@ -20,20 +20,7 @@ LOG_DIR="${OUT:-$BUILD}"
 mkdir -p "$LOG_DIR" "$BUILD"
 exec > >(tee "$LOG_DIR/gpu_check.log") 2>&1
 
-failures=()
-step() {
-    local name="$1"
-    shift
-    echo
-    echo "=== $name: $*"
-    local start=$SECONDS
-    if "$@"; then
-        echo "=== $name: ok ($((SECONDS - start)) s)"
-    else
-        echo "=== $name: FAILED with status $? ($((SECONDS - start)) s)"
-        failures+=("$name")
-    fi
-}
+source "$ROOT/scripts/steps.sh"
 
 # GPU machines are often offline and start without this package: install it in place, without
 # dependencies or an index (torch, numpy, pytest are expected there already).

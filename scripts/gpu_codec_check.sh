@@ -27,20 +27,7 @@ exec > >(tee "$LOG_DIR/gpu_codec_check.log") 2>&1
 hpcm=("$PYTHON" -c 'import sys; sys.argv[0] = "hpcm"; from hpcm.cli import main; main()')
 # A 3840x2160 image pads to 8.4 M pixels, above the default per-image limit that guards against hostile input.
 export HPCM_MAX_PIXELS=9000000
-failures=()
-step() {
-    local name="$1"
-    shift
-    echo
-    echo "=== $name: $*"
-    local start=$SECONDS
-    if "$@"; then
-        echo "=== $name: ok ($((SECONDS - start)) s)"
-    else
-        echo "=== $name: FAILED with status $? ($((SECONDS - start)) s)"
-        failures+=("$name")
-    fi
-}
+source "$ROOT/scripts/steps.sh"
 
 # Larger test images from kodim01 (Lanczos up, centre crop): photo content at each size.
 make_images() {
