@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_official import build_on_cpu  # noqa: E402  (the same CPU construction)
+
 # Largest accepted max |fork - ours| differences (float32 rounding of two different op orders).
 TOLERANCE = {"x_hat": 1e-4, "likelihood_y": 1e-4, "likelihood_z": 1e-6}
 
@@ -65,17 +68,7 @@ def install_stand_ins(wkv: str) -> None:
 
 def build_fork_model(phase: int) -> torch.nn.Module:
     module = importlib.import_module(f"src.models.hpcm_variants.hpcm_phase{phase}")
-    real_ones = torch.ones
-
-    def cpu_ones(*args, **kwargs):
-        kwargs.pop("device", None)
-        return real_ones(*args, **kwargs)
-
-    torch.ones = cpu_ones
-    try:
-        return getattr(module, f"HPCM_Phase{phase}")(M=320, N=256)
-    finally:
-        torch.ones = real_ones
+    return build_on_cpu(lambda: getattr(module, f"HPCM_Phase{phase}")(M=320, N=256))
 
 
 def fork_revision(root: Path) -> str:

@@ -17,8 +17,25 @@ import argparse
 import sys
 import types
 from pathlib import Path
+from typing import Callable
 
 import torch
+
+
+def build_on_cpu(constructor: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``constructor()`` with ``torch.ones`` ignoring ``device=``: the official and fork code create
+    some parameters with ``device="cuda"``, and these comparisons run on CPU."""
+    real_ones = torch.ones
+
+    def cpu_ones(*args, **kwargs):
+        kwargs.pop("device", None)
+        return real_ones(*args, **kwargs)
+
+    torch.ones = cpu_ones
+    try:
+        return constructor()
+    finally:
+        torch.ones = real_ones
 
 
 def load_official(root: Path):
@@ -30,17 +47,7 @@ def load_official(root: Path):
     sys.path.insert(0, str(root))
     from src.models.HPCM_Base import HPCM  # noqa: E402  (official code, local checkout)
 
-    real_ones = torch.ones
-
-    def cpu_ones(*args, **kwargs):
-        kwargs.pop("device", None)
-        return real_ones(*args, **kwargs)
-
-    torch.ones = cpu_ones
-    try:
-        return HPCM()
-    finally:
-        torch.ones = real_ones
+    return build_on_cpu(HPCM)
 
 
 def main() -> int:
