@@ -327,9 +327,13 @@ class Codec:
                                  f"(weights digest {header.weights_digest.hex()} != {params.weights_digest.hex()}); "
                                  "decode with the checkpoint or export that encoded it")
         if header.tables_digest != tables.digest:
-            raise BitstreamError(f"bitstream's entropy tables (digest {header.tables_digest.hex()}) are not those of "
-                                 f"{tables.source} ({tables.digest.hex()}): it was encoded with another checkpoint or "
-                                 f"export, or {tables.source} was altered")
+            # the weights matched above, so the tables were computed or stored differently
+            raise BitstreamError(f"bitstream's entropy tables (digest {header.tables_digest.hex()}) differ from those "
+                                 f"of {tables.source} ({tables.digest.hex()}) although the weights are the same: "
+                                 "the encoder computed its tables another way (hpcm-rwkv before 0.2 computed tables "
+                                 "without stored ones differently on different CPUs: re-encode the image), "
+                                 f"or the tables stored in {tables.source} or in the encoder's checkpoint or export "
+                                 "were altered")
         if len(streams) != 3:
             raise BitstreamError(f"expected 3 streams (z, y, guard), found {len(streams)}")
         align = params.alignment

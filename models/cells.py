@@ -16,6 +16,7 @@ from torch import nn
 from hpcm.plugins.biwkv import WKV_MODES
 
 from .layers import ChannelLayerNorm, conv1x1
+from .seeding import portable_normal_
 
 
 class CrossAttentionCell(nn.Module):
@@ -170,7 +171,7 @@ class RWKVBlock(nn.Module):
             with torch.no_grad():
                 for parameter in (self.spatial_mix.decay, self.spatial_mix.boost, self.spatial_mix.shift.alpha,
                                   self.channel_mix.shift.alpha):
-                    parameter.normal_()
+                    portable_normal_(parameter)
 
     @property
     def decay(self) -> nn.Parameter:

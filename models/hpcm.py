@@ -28,6 +28,7 @@ from .entropy import GeneralizedGaussian
 from .layers import DWConvRB, conv1x1
 from .layout import Y_ALIGNMENT, ScaleLayout
 from .progressive import STEPS, ProgressiveSchedule
+from .seeding import portable_convolutions_
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
 from .variants import VARIANTS, CellSpec, CrossAttentionCellSpec, PriorSpec, VariantSpec, get_variant
 
@@ -237,12 +238,15 @@ class HPCM(nn.Module):
     # ------------------------------------------------------------------ entropy tables and checkpoints
     def update(self, scale_table: Optional[torch.Tensor] = None) -> None:
         """Compute the quantized CDF tables of y (per scale bucket) and z (per channel) once."""
-        from .cdf_tables import default_scale_table, quantized_cdf_tables
+        from .cdf_tables import GGMQuantization, default_scale_table, default_y_tables, quantized_cdf_tables
 
-        table = default_scale_table() if scale_table is None else scale_table
-        beta, bound = self.entropy_estimation.beta_value, self.entropy_estimation.scale_bound
-        cdf_z = quantized_cdf_tables(self.scales_hyper.detach().reshape(-1).cpu(), beta=beta, scale_bound=bound)
-        cdf_y = quantized_cdf_tables(table.cpu(), beta=beta, scale_bound=bound)
+        quantization = GGMQuantization(self.entropy_estimation.beta_value, self.entropy_estimation.scale_bound)
+        cdf_z = quantized_cdf_tables(self.scales_hyper.detach().reshape(-1).cpu(), quantization)
+        if scale_table is None:
+            table, cdf_y = default_scale_table(), default_y_tables(quantization)
+        else:
+            table = scale_table
+            cdf_y = quantized_cdf_tables(table.cpu(), quantization)
         device = self.means_hyper.device
         values = {"scale_table": table, **dict(zip(("quantized_cdf_z", "cdf_length_z", "offset_z"), cdf_z)),
                   **dict(zip(("quantized_cdf_y", "cdf_length_y", "offset_y"), cdf_y))}
@@ -297,7 +301,10 @@ def build_model(variant: VariantSpec | str = DEFAULT_VARIANT, seed: Optional[int
         return HPCM(spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return HPCM(spec)
+        model = HPCM(spec)
+        # the convolutions' default initialisation differs in its last bits between CPU builds
+        portable_convolutions_(model)
+    return model
 
 
 # The report's API, the names of the fork's classes: thin constructors over the variant table.

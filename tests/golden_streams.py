@@ -3,19 +3,23 @@
 
     python -m tests.golden_streams
 
-For each case: a small 8-bit input image, its .hpcm stream from the golden model of the variant, and
-in golden.json the SHA-256 of the stream and of the decoded 8-bit image. The golden model is the
-seeded untrained model with the last layers of g_a and h_s scaled by ``GAIN``: untrained, y rounds
-to zero everywhere and every scale sits at the lower bound, which would leave the y coder and the
-boundary guard untested; scaled, y holds real symbols and some scales fall near bucket boundaries.
-``tests/test_golden.py`` checks that today's code decodes every stream to that image and encodes the
-input to the same bytes, so a change that would make existing .hpcm files undecodable fails CI
-until the format version is bumped and this script is run again.
+For each case: a small 8-bit input image, its .hpcm stream from the golden model of the variant, the
+image that stream decodes to, and ``<stem>.npz`` with what the encoder decided (z symbols, every
+step's y symbols and the scale buckets it coded them with) and the entropy tables it coded with; in
+golden.json the SHA-256 of the stream. The golden model is the seeded untrained model with the last
+layers of g_a and h_s scaled by ``GAIN``: untrained, y rounds to zero everywhere and every scale sits
+at the lower bound, which would leave the y coder and the boundary guard untested; scaled, y holds
+real symbols and some scales fall near bucket boundaries.
 
-The phase2 and phase3 streams were remade without a format change when those names became the
-LIC-HPCM-LALIC fork's classes (post-LN blocks, another network): streams of the earlier pre-LN
-variants, now phase2-preln/phase3-preln, name their variant "phase2"/"phase3" and are refused by
-name. The baseline stream came out byte-identical, the check that the format itself did not move.
+``tests/test_golden.py`` checks, on any machine: that the stream codes exactly the recorded decisions
+with the recorded tables (rANS and container, both ways: nothing there depends on float math), that
+the golden model computes those tables, that guarded streams decode with the golden model to the
+recorded image, and that this machine's encoder makes the recorded decisions wherever float32 noise
+cannot move them. An image-to-bytes comparison is not among them: an encoder's rounding decisions
+near a boundary depend on the last bits of the CPU's float kernels (a guarded stream always has
+scales within 1e-5 of a bucket boundary, and float32 moves scales by about 5e-6 between builds), so
+bytes written on one machine need not be the bytes another machine writes for the same image, only
+decodable there.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from PIL import Image
 from hpcm.codec import bitstream
 from hpcm.codec.guard import GuardReader
 from hpcm.codec.images import load_image, synthetic_images, to_uint8
+from hpcm.codec.tables import EntropyTables
 from hpcm.models import build_model
+from hpcm.models.cdf_tables import scale_indexes
 from hpcm.runtime.session import eager_codec
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -63,11 +69,23 @@ def _guard_positions(data: bytes) -> int:
     return listed
 
 
+def encoder_decisions(codec, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """What ``codec``'s encoder decides for ``x``: z symbols, and every step's y symbols and buckets."""
+    z_hat, symbols = codec.latents(x)
+    z = (z_hat - codec.means_hyper).round().to(torch.int32).cpu().numpy()
+    decisions = {"z": z}
+    for step, (q, (scales, _)) in enumerate(zip(symbols, codec.entropy_parameters(z_hat, symbols))):
+        decisions[f"y{step}"] = q.to(torch.int32).cpu().numpy()
+        decisions[f"index{step}"] = scale_indexes(scales, codec.scale_table).cpu().numpy()
+    return decisions
+
+
 def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     cases = []
     for index, (stem, variant, side, epsilon) in enumerate(CASES):
-        codec = eager_codec(golden_model(variant))
+        model = golden_model(variant)
+        codec = eager_codec(model)
         image_path = GOLDEN / f"{stem}.png"
         # The first synthetic image whose stream exercises what the case says (guard positions or none).
         for image_seed in range(100 * index, 100 * index + 50):
@@ -80,11 +98,13 @@ def main() -> None:
         else:
             raise SystemExit(f"{stem}: no image of the first 50 gives a stream that tests what the case says")
         (GOLDEN / f"{stem}.hpcm").write_bytes(data)
-        decoded = to_uint8(codec.decompress(data).x_hat)
-        cases.append({"stream": f"{stem}.hpcm", "image": image_path.name, "variant": variant, "seed": SEED,
-                      "gain": GAIN, "guard_epsilon": epsilon, "guard_positions": listed, "bytes": len(data),
-                      "stream_sha256": hashlib.sha256(data).hexdigest(),
-                      "decoded_sha256": hashlib.sha256(np.ascontiguousarray(decoded).tobytes()).hexdigest()})
+        Image.fromarray(to_uint8(codec.decompress(data).x_hat)).save(GOLDEN / f"{stem}.decoded.png")
+        tables = EntropyTables.from_model(model).numpy()
+        np.savez_compressed(GOLDEN / f"{stem}.npz", **encoder_decisions(codec, load_image(image_path)), **tables)
+        cases.append({"stream": f"{stem}.hpcm", "image": image_path.name, "decoded": f"{stem}.decoded.png",
+                      "decisions": f"{stem}.npz", "variant": variant, "seed": SEED, "gain": GAIN,
+                      "guard_epsilon": epsilon, "guard_positions": listed, "bytes": len(data),
+                      "stream_sha256": hashlib.sha256(data).hexdigest()})
         print(f"{stem}: {len(data)} bytes, {listed} guard positions")
     (GOLDEN / "golden.json").write_text(json.dumps({"format_version": bitstream.FORMAT_VERSION, "cases": cases},
                                                    indent=2) + "\n")
