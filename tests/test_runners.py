@@ -94,3 +94,29 @@ def test_gpu_wkv_without_a_buildable_kernel_says_so(caplog):
     with caplog.at_level("WARNING", logger="hpcm"):
         assert cuda_wkv_implementation() == "vectorised"
     assert "Bi-WKV CUDA kernel could not be built" in caplog.text and "needs a CUDA build" in caplog.text
+
+
+@pytest.mark.skipif(not HAVE_ORT, reason="needs onnxruntime and onnxruntime-extensions")
+def test_onnxruntime_rewrites_are_cached_verified_and_optional(export, tmp_path, monkeypatch):
+    """The Python route's graph rewrite is made once per graph: a second session reads it from the cache
+    (no onnx parse), a damaged entry is made again, and an unusable cache only costs the rewrite."""
+    import onnx
+
+    from hpcm.runtime.runners import onnxruntime as ort_runner
+
+    graph = export.graph_path("step05")
+    monkeypatch.setenv("HPCM_CACHE_DIR", str(tmp_path / "cache"))
+    first = ort_runner.contrib_graph(graph)
+    entry, = (tmp_path / "cache" / "onnxruntime").iterdir()
+    assert first and onnx.load_model_from_string(first).graph.node  # a model with its graph, no weights
+    parses = []
+    monkeypatch.setattr(onnx, "load_model_from_string", lambda data: parses.append(data))
+    assert ort_runner.contrib_graph(graph) == first and not parses
+    entry.write_bytes(entry.read_bytes()[:-1] + b"x")  # damaged: its leading digest no longer fits
+    monkeypatch.undo()
+    monkeypatch.setenv("HPCM_CACHE_DIR", str(tmp_path / "cache"))
+    assert ort_runner.contrib_graph(graph) == first and entry.read_bytes()[32:] == first
+    monkeypatch.setenv("HPCM_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    (tmp_path / "not-a-folder").write_text("a file where the cache folder should be")
+    assert ort_runner.contrib_graph(graph) == first
+    assert ort_runner.contrib_graph(export.graph_path("synthesis")) is None  # no custom node: run as is
