@@ -106,16 +106,19 @@ def test_export_folder_is_written_transactionally(export_dir, tmp_path):
 
 
 def test_cross_backend_on_kodak_sized_input(codecs):
-    """Encode on one backend, decode on the other, at Kodak size. Graph outputs agree to ~1e-7 and
-    the unguarded bucket indexes agree exactly here (measured: 0 of 491,520 for this unoptimised
-    export; the onnxscript-optimised export flipped 1 on kodim01). The boundary guard makes the
-    decode exact either way: every symbol is decoded as encoded, so y_hat differs from the encoder's
-    only by the backends' ~1e-7 difference in the means added back."""
+    """Encode on one backend, decode on the other, at Kodak size. Graph outputs agree to ~1e-7, so
+    raw bucket indexes may flip only for scales within that distance of a boundary: how many do is a
+    matter of the CPU's last bits (0 of 491,520 on one machine, 1 on CI's), and every one of them must
+    fall inside the guard band. The guard makes the decode exact either way: every symbol is decoded
+    as encoded, so y_hat differs from the encoder's only by the backends' ~1e-7 difference in the
+    means added back."""
     eager, on_ort = codecs
     name, x = _kodak_sized()
     report = count_mismatches({"eager": eager, "ort": on_ort}, [(name, x)])
     totals = report["totals"]["ort"]
-    assert (totals["symbols"], totals["mismatches"], totals["unguarded_mismatches"]) == (491_520, 0, 0)
+    assert totals["symbols"] == 491_520
+    assert totals["mismatches"] <= 10, totals  # 2e-5 of the symbols: more means the graphs disagree
+    assert totals["unguarded_mismatches"] == 0, totals
     for encoder, decoder in ((eager, on_ort), (on_ort, eager)):
         encoded = encoder.compress(x)
         with pytest.warns(BackendMismatchWarning):
