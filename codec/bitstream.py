@@ -157,13 +157,18 @@ def parse_header(data: bytes) -> tuple[Header, Layout]:
     return header, Layout(r.pos, entries)
 
 
-def unpack(data: bytes) -> tuple[Header, list[bytes]]:
-    """Parse and verify a bitstream; raises BitstreamError on any inconsistency."""
-    header, layout = parse_header(data)
-    data = bytes(data)
-    if layout.total_bytes != len(data):
-        raise BitstreamError(f"bitstream is {len(data)} bytes but its header describes {layout.total_bytes}: "
-                             "truncated or extended")
+@dataclass(frozen=True)
+class Bitstream:
+    """A bitstream parsed and CRC-checked once (``parse``, ``read_file``): its header, its streams, and
+    its size in bytes. ``Codec.decompress`` takes it as it is, so a decoder reads each header once."""
+
+    header: Header
+    streams: list[bytes]
+    size: int
+
+
+def _verified_streams(data: bytes, layout: Layout) -> list[bytes]:
+    """The streams of ``data`` that ``layout`` describes, each checked against its CRC."""
     streams = []
     pos = layout.header_bytes
     for i, (length, stream_crc) in enumerate(layout.streams):
@@ -172,11 +177,27 @@ def unpack(data: bytes) -> tuple[Header, list[bytes]]:
             raise BitstreamError(f"stream {i} CRC mismatch: the payload is corrupt")
         streams.append(s)
         pos += length
-    return header, streams
+    return streams
 
 
-def read_file(path: Union[str, Path]) -> bytes:
-    """The bytes of a bitstream file, read bounded: the header from the first bytes, then exactly the
+def parse(data: bytes) -> Bitstream:
+    """Parse and verify a bitstream; raises BitstreamError on any inconsistency."""
+    header, layout = parse_header(data)
+    data = bytes(data)
+    if layout.total_bytes != len(data):
+        raise BitstreamError(f"bitstream is {len(data)} bytes but its header describes {layout.total_bytes}: "
+                             "truncated or extended")
+    return Bitstream(header, _verified_streams(data, layout), len(data))
+
+
+def unpack(data: bytes) -> tuple[Header, list[bytes]]:
+    """The header and streams of a bitstream (``parse``)."""
+    parsed = parse(data)
+    return parsed.header, parsed.streams
+
+
+def read_file(path: Union[str, Path]) -> Bitstream:
+    """A bitstream file, read bounded and parsed once: the header from the first bytes, then exactly the
     payload it declares (compared with a regular file's size before reading). A device or pipe is read
     no further than that, so /dev/zero or an endless pipe cannot grow memory. Errors name ``path``."""
     path = Path(path)
@@ -184,7 +205,7 @@ def read_file(path: Union[str, Path]) -> bytes:
         with open(path, "rb") as f:
             start = f.read(MAX_HEADER_BYTES)
             try:
-                _, layout = parse_header(start)
+                header, layout = parse_header(start)
             except BitstreamError as exc:
                 raise BitstreamError(f"{path}: {exc}") from exc
             size = os.fstat(f.fileno()).st_size if stat.S_ISREG(os.fstat(f.fileno()).st_mode) else None
@@ -202,4 +223,7 @@ def read_file(path: Union[str, Path]) -> bytes:
     if len(data) != layout.total_bytes:
         raise BitstreamError(f"{path}: {'extended' if len(data) > layout.total_bytes else 'truncated'}: its header "
                              f"describes {layout.total_bytes} bytes")
-    return data
+    try:
+        return Bitstream(header, _verified_streams(data, layout), len(data))
+    except BitstreamError as exc:
+        raise BitstreamError(f"{path}: {exc}") from exc

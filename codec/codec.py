@@ -1,7 +1,7 @@
 """Image codec: HPCM's networks on a graph runner, the rANS coder and the .hpcm container.
 
-A ``Codec`` is built from two things (``hpcm.runtime.open_codec`` builds them for an eager model or
-an export folder):
+A ``Codec`` is built from two things (``hpcm.runtime.session.open_codec`` builds them from a
+checkpoint, an export folder or a model):
 
 * a runner: anything that runs the graphs of ``hpcm.models.graphs`` by name and says on which
   device and with what (``run``, ``device``, ``fingerprint``): eager PyTorch, ONNX Runtime, TensorRT;
@@ -20,8 +20,9 @@ bits for. The decoder crops the padding off again.
 Determinism: the decoder must compute the same scale bucket for every symbol as the encoder did.
 The entropy parameters are computed in float32 with TF32 disabled; the runner's fingerprint is
 recorded in the bitstream and a decoder on a different one warns, because a different device or
-library can flip bucket indexes (see ``design/codec.md``); the boundary guard makes the flips a
-decoder within its tolerance could make harmless. The stream CRCs and the rANS end-state check turn
+library rounds differently and can flip bucket indexes (one in 491,520 on kodim01 between ONNX
+Runtime and eager PyTorch); the boundary guard makes the flips a decoder within its tolerance could
+make harmless. The stream CRCs and the rANS end-state check turn
 any remaining desynchronisation into an error instead of a silently wrong image.
 """
 
@@ -180,6 +181,13 @@ def _memory_for(height: int, width: int) -> Iterator[None]:
         raise CodingError(f"not enough memory to run the networks at {width}x{height} ({height * width:,} pixels "
                           "after padding): free memory, or lower --max-pixels (HPCM_MAX_PIXELS) to refuse such "
                           "images up front") from exc
+
+
+def check_claimed_size(header: bitstream.Header, max_pixels: int | None = None) -> None:
+    """Refuse a stream whose image, with the padding its header claims, is above the pixel limit: the
+    first check of a header, which needs no model (a decoder makes it before loading one)."""
+    padded = (header.height + header.pad_bottom, header.width + header.pad_right)
+    check_pixel_count("the stream's image", header.height, header.width, max_pixels, padded)
 
 
 def _z_indexes(shape: torch.Size) -> torch.Tensor:
@@ -341,7 +349,7 @@ class Codec:
         if header.pad_bottom >= align or header.pad_right >= align or ph % align or pw % align:
             raise BitstreamError(f"padding {header.pad_bottom}/{header.pad_right} is inconsistent with the "
                                  f"model's alignment {align}")
-        check_pixel_count("the stream's image", header.height, header.width, self.max_pixels, (ph, pw))
+        check_claimed_size(header, self.max_pixels)
         z_count = tables.z.count * (ph // Z_STRIDE) * (pw // Z_STRIDE)
         y_count = params.M * (ph // Y_STRIDE) * (pw // Y_STRIDE)
         for name, count, min_bits, stream in (("z", z_count, tables.min_bits_z, streams[0]),
@@ -350,11 +358,13 @@ class Codec:
                 raise BitstreamError(f"the {name} stream ({len(stream)} bytes) is too short for a "
                                      f"{header.width}x{header.height} image")
 
-    def decompress(self, data: bytes) -> DecodeResult:
-        """Decode a bitstream; ``x_hat`` is the image in [0, 1] of shape (1, 3, H, W)."""
+    def decompress(self, data: bytes | bitstream.Bitstream) -> DecodeResult:
+        """Decode a bitstream (its bytes, or as ``bitstream.parse``/``read_file`` parsed it: a header is
+        parsed once); ``x_hat`` is the image in [0, 1] of shape (1, 3, H, W)."""
         section = self.clock.section
         with section("entropy_coding"):
-            header, streams = bitstream.unpack(data)
+            parsed = data if isinstance(data, bitstream.Bitstream) else bitstream.parse(data)
+            header, streams = parsed.header, parsed.streams
             self.check_header(header, streams)
         if header.backend_digest != backend_digest(self.fingerprint):
             warnings.warn(f"the bitstream's entropy parameters were computed on another backend or precision "

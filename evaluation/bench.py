@@ -84,27 +84,24 @@ def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
     from hpcm.codec.codec import padded_size
     from hpcm.config import max_pixels
-    from hpcm.export.artifact import ExportDir
-    from hpcm.models import build_model
     from hpcm.models.variants import VariantSpec
     from hpcm.runtime.runners import runner_class
-    from hpcm.runtime.session import codec_session
+    from hpcm.runtime.session import CodecRequest, open_codec, resolve
 
-    model = export = None
-    if config.export is not None:
-        export = ExportDir.open(Path(config.export))
-    else:
-        model = build_model(VariantSpec.from_dict(config.variant), seed=config.seed).eval()
-        model.update()
+    variant = VariantSpec.from_dict(config.variant) if config.variant is not None else None
+    request = CodecRequest(export=config.export, variant=variant, backend=config.backend, seed=config.seed)
+    # seeded weights time as trained ones do (see the module's docstring): no notice
+    source = resolve(request, need_model=config.backend == "eager", announce=False)
     image = smooth_image(config.height, config.width, config.seed)
-    device = runner_class(config.backend).resolve_device(config.device)
+    device = runner_class(request.backend_name).resolve_device(config.device)
     cuda = device.type == "cuda"
     timeline = StageTimeline(device)
     # the size was chosen on purpose: the pixel limit that guards against hostile inputs is raised to it
-    alignment = model.alignment if model is not None else export.codec_parameters.alignment
-    padded_height, padded_width = padded_size(config.height, config.width, alignment)
-    with codec_session(config.backend, model=model, export=export, device=str(device), clock=timeline,
-                       max_pixels=max(max_pixels(), padded_height * padded_width)) as codec:
+    padded_height, padded_width = padded_size(config.height, config.width, source.parameters.alignment)
+    given = CodecRequest(model=source.model, export=source.export, backend=config.backend, device=str(device),
+                         max_pixels=max(max_pixels(), padded_height * padded_width))
+    with open_codec(given, clock=timeline) as session:
+        codec = session.codec
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

@@ -24,6 +24,7 @@ from hpcm.codec.codec import deterministic_precision
 from hpcm.codec.images import load_image, synthetic_images, to_uint8
 from hpcm.errors import HPCMError, ImageError
 from hpcm.log import LOG
+from hpcm.runtime.session import CodecRequest, open_codec
 
 from .classical import ClassicalCodec, from_uint8_image
 from .metrics import ms_ssim_rgb8, psnr_rgb8, to_8bit
@@ -101,14 +102,14 @@ def classical_points(codec: ClassicalCodec, qualities: Optional[Sequence[int]] =
     return [RatePoint(f"{codec.name}-q{q}", f"{codec.name} q{q}", opener(q)) for q in (qualities or codec.qualities)]
 
 
-def learned_point(key: str, label: str, open_codec: Callable[[], ContextManager[Codec]],
-                  compare_forward: bool = True) -> RatePoint:
-    """A point whose coder is the codec ``open_codec`` opens (a checkpoint or an export on a runner)."""
+def learned_point(key: str, label: str, request: CodecRequest, compare_forward: bool = True) -> RatePoint:
+    """A point whose coder is the codec ``request`` describes (a checkpoint or an export on a runner),
+    opened when the point is measured."""
 
     @contextlib.contextmanager
     def opener() -> Iterator[ImageCoder]:
-        with open_codec() as codec:
-            yield LearnedCoder(codec, compare_forward)
+        with open_codec(request) as session:
+            yield LearnedCoder(session.codec, compare_forward)
 
     return RatePoint(key, label, opener)
 

@@ -1,2 +1,3 @@
-"""Deployment: graph runners (eager PyTorch, ONNX Runtime, TensorRT), opening a codec on one of them,
-and the parity tools that compare runners (``check``, ``mismatch``)."""
+"""Deployment: graph runners (eager PyTorch, ONNX Runtime, TensorRT), what computes a codec (``session``:
+which model, which tables, which runner, decided once), and the parity tools that compare runners
+(``check``, ``mismatch``)."""

@@ -8,18 +8,53 @@ own scales and means step by step, feeding ``symbols + its own means`` back exac
 decoder (``Codec.entropy_parameters``). Every codec's bucket indexes are compared with the first's.
 
 The codecs may run on any runner: eager PyTorch in another dtype or on another device, ONNX Runtime,
-TensorRT.
+TensorRT (``backend_codecs``: one codec per backend over the one model or export a request names).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
 from hpcm.codec import Codec
 from hpcm.codec.guard import DEFAULT_EPSILON, nearest_boundary
+from hpcm.errors import ConfigError
 from hpcm.models.cdf_tables import scale_indexes
+
+from .runners import GRAPH_RUNNERS
+from .session import CodecRequest, open_codec, resolve
+
+
+def backend_options(item: str) -> tuple[str, dict[str, Any]]:
+    """(backend, runner options) of a backend to compare: a graph backend's name, or eager PyTorch as
+    DEVICE-DTYPE (``cpu-float64``, ``cuda-float32``; the dtype defaults to float32)."""
+    if item in GRAPH_RUNNERS:
+        return item, {}
+    device, _, dtype_name = item.partition("-")
+    dtype = getattr(torch, dtype_name or "float32", None)
+    if not device or not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"--backends {item!r}: expected DEVICE-DTYPE such as cpu-float64, or a graph backend "
+                          f"({', '.join(GRAPH_RUNNERS)}) with --export")
+    return "eager", {"device": device, "dtype": dtype}
+
+
+@contextlib.contextmanager
+def backend_codecs(request: CodecRequest, backends: Sequence[str]) -> Iterator[dict[str, Codec]]:
+    """A codec per item of ``backends`` (``backend_options``), all over the model or export folder
+    ``request`` names (an export's own eager model for the eager ones), released when the block ends."""
+    if len(backends) < 2:
+        raise ConfigError("--backends needs at least two backends")
+    options = {item: backend_options(item) for item in backends}
+    source = resolve(request, need_model=any(backend == "eager" for backend, _ in options.values()))
+    with contextlib.ExitStack() as stack:
+        codecs = {}
+        for item, (backend, extra) in options.items():
+            device = extra.pop("device", None)
+            given = CodecRequest(model=source.model, export=source.export, backend=backend, device=device)
+            codecs[item] = stack.enter_context(open_codec(given, **extra)).codec
+        yield codecs
 
 
 def _step_report(scales: torch.Tensor, means: torch.Tensor, ref_scales: torch.Tensor, ref_means: torch.Tensor,

@@ -21,7 +21,7 @@ from hpcm.models.checkpoint import save_checkpoint  # noqa: E402
 from hpcm.runtime.mismatch import count_mismatches  # noqa: E402
 from hpcm.runtime.runners.eager import EagerRunner  # noqa: E402
 from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from hpcm.runtime.session import codec_parameters, eager_codec  # noqa: E402
+from hpcm.runtime.session import CodecRequest, eager_codec, resolve  # noqa: E402
 
 KODAK = default_image_folder()
 
@@ -47,7 +47,7 @@ def codecs(export_dir):
     """(eager codec on the export's weights, codec on the export's graphs on ONNX Runtime)."""
     export = ExportDir.open(export_dir)
     model = build_model("phase2", seed=0).eval()
-    parameters = codec_parameters(model, export)
+    parameters = resolve(CodecRequest(model=model, export=export), need_model=True).parameters
     return Codec(EagerRunner(model).activate(), parameters), Codec(OnnxRuntimeRunner(export).activate(), parameters)
 
 
@@ -66,7 +66,7 @@ def _kodak_sized():
 
 def test_export_weights_must_match(export_dir):
     with pytest.raises(ArtifactError, match="other weights"):
-        codec_parameters(build_model("phase2", seed=1), ExportDir.open(export_dir))
+        resolve(CodecRequest(model=build_model("phase2", seed=1), export=export_dir), need_model=True)
 
 
 def test_the_export_folder_alone_is_the_codec(export_dir, checkpoint, tmp_path):

@@ -13,8 +13,8 @@ import click
 
 from hpcm.log import LOG
 
-from .options import (backend_option, checkpoint_option, default_backend, device_option, export_option,
-                      image_folder, images_options, load_model, max_pixels_option, open_export, variant_option)
+from .options import (backend_option, checkpoint_option, device_option, export_option, image_folder, images_options,
+                      max_pixels_option, split_list, variant_option)
 
 
 @contextlib.contextmanager
@@ -27,22 +27,15 @@ def _warnings_as_notices() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _codec(variant: Optional[str], checkpoint: Optional[Path], export_dir: Optional[Path], backend: Optional[str],
-           device: Optional[str], max_pixels: Optional[int]):  # noqa: ANN202 - yields a Codec
-    """The codec the options describe: a model (eager) or an export folder's graphs."""
-    from hpcm.runtime.session import codec_session
+def _naming(path: Path) -> Iterator[None]:
+    """A fault of the stream or image read from ``path`` names that file (table, model and export faults
+    name their own files)."""
+    from hpcm.errors import BitstreamError, ImageError
 
-    backend = default_backend(backend, export_dir)
-    if export_dir is not None:
-        if variant is not None:
-            raise click.UsageError("--variant and --export exclude each other: the export fixes the variant")
-        if checkpoint is not None:
-            raise click.UsageError("--checkpoint and --export exclude each other: the export holds its weights")
-        with codec_session(backend, export=open_export(export_dir), device=device, max_pixels=max_pixels) as codec:
-            yield codec
-        return
-    with codec_session(backend, model=load_model(variant, checkpoint), device=device, max_pixels=max_pixels) as codec:
-        yield codec
+    try:
+        yield
+    except (BitstreamError, ImageError) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc
 
 
 @click.command()
@@ -67,12 +60,16 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
     from hpcm.codec.images import check_pixel_count, load_image
     from hpcm.evaluation.metrics import psnr_rgb8
     from hpcm.files import atomic_output, check_output
+    from hpcm.runtime.session import CodecRequest, open_codec
 
     inputs = [image, checkpoint, export_dir]
     check_output(output, inputs)
     x = load_image(image, max_pixels)
     h, w = x.shape[-2:]
-    with _codec(variant, checkpoint, export_dir, backend, device, max_pixels) as codec:
+    request = CodecRequest(checkpoint=checkpoint, export=export_dir, variant=variant, backend=backend, device=device,
+                           max_pixels=max_pixels)
+    with open_codec(request) as session:
+        codec = session.codec
         check_pixel_count(str(image), h, w, max_pixels, padded_size(h, w, codec.alignment))
         start = time.perf_counter()
         with _warnings_as_notices():
@@ -103,37 +100,24 @@ def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir
 
     Without --checkpoint or --export, the stream must come from the seeded untrained model of a
     built-in variant (the default of `hpcm encode`)."""
-    from hpcm.codec import inspect
     from hpcm.codec.bitstream import read_file
-    from hpcm.codec.images import check_pixel_count, load_image, save_png
-    from hpcm.errors import BitstreamError, ImageError
+    from hpcm.codec.images import load_image, save_png
+    from hpcm.errors import ImageError
     from hpcm.evaluation.metrics import psnr_rgb8
     from hpcm.files import check_output
-    from hpcm.models import VARIANTS
+    from hpcm.runtime.session import CodecRequest, open_codec
 
     inputs = [bitstream, checkpoint, export_dir, reference]
     check_output(output, inputs)
-    data = read_file(bitstream)
+    stream = read_file(bitstream)  # its header is parsed here, once
+    header = stream.header
     original = load_image(reference, max_pixels) if reference is not None else None
-    try:
-        header = inspect(data)
-    except BitstreamError as exc:
-        raise BitstreamError(f"{bitstream}: {exc}") from exc
-    # the claimed size, refused before a model is even loaded (the codec checks it again with its alignment)
-    check_pixel_count(str(bitstream), header.height, header.width, max_pixels,
-                      (header.height + header.pad_bottom, header.width + header.pad_right))
-    # the name comes from an untrusted file: never let it select a variant .json path
-    if checkpoint is None and export_dir is None and header.variant not in VARIANTS:
-        raise click.ClickException(f"{bitstream}: encoded with variant {header.variant!r}; "
-                                   "pass the checkpoint that encoded it with --checkpoint")
-    variant = None if checkpoint is not None or export_dir is not None else header.variant
-    with _codec(variant, checkpoint, export_dir, backend, device, max_pixels) as codec:
+    request = CodecRequest(checkpoint=checkpoint, export=export_dir, header=header, backend=backend, device=device,
+                           max_pixels=max_pixels)
+    with _naming(bitstream), open_codec(request) as session:
         start = time.perf_counter()
-        try:
-            with _warnings_as_notices():
-                x_hat = codec.decompress(data).x_hat
-        except (BitstreamError, ImageError) as exc:  # the stream's fault; table or model faults name their file
-            raise type(exc)(f"{bitstream}: {exc}") from exc
+        with _warnings_as_notices():
+            x_hat = session.codec.decompress(stream).x_hat
         elapsed = time.perf_counter() - start
     quality = ""
     if original is not None:
@@ -143,43 +127,28 @@ def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir
         quality = f"PSNR {psnr_rgb8(original, x_hat):.2f} dB, "
     save_png(x_hat, output, inputs)
     click.echo(f"{bitstream.name}: {header.width}x{header.height}, "
-               f"{8 * len(data) / (header.width * header.height):.4f} bpp, {quality}decoded in {elapsed:.2f} s "
-               f"({codec.fingerprint}) -> {output}")
+               f"{8 * stream.size / (header.width * header.height):.4f} bpp, {quality}decoded in {elapsed:.2f} s "
+               f"({session.codec.fingerprint}) -> {output}")
 
 
 @click.command(name="inspect")
 @click.argument("bitstream", type=click.Path(dir_okay=False, path_type=Path))
 def inspect_cmd(bitstream: Path) -> None:
     """Print the header of a .hpcm BITSTREAM (checks its CRCs, needs no model)."""
-    from hpcm.codec.bitstream import read_file, unpack
-    from hpcm.errors import BitstreamError
+    from hpcm.codec.bitstream import read_file
 
-    data = read_file(bitstream)
-    try:
-        header, streams = unpack(data)
-    except BitstreamError as exc:
-        raise BitstreamError(f"{bitstream}: {exc}") from exc
+    stream = read_file(bitstream)
+    header = stream.header
     info = {
         "variant": header.variant, "width": header.width, "height": header.height,
         "pad_bottom": header.pad_bottom, "pad_right": header.pad_right,
         "weights_digest": header.weights_digest.hex(), "tables_digest": header.tables_digest.hex(),
-        "backend_digest": header.backend_digest.hex(), "bytes": len(data),
-        "header_bytes": len(data) - sum(len(s) for s in streams),
-        "stream_bytes": dict(zip(("z", "y", "guard"), map(len, streams))),
-        "bpp": 8 * len(data) / (header.width * header.height),
+        "backend_digest": header.backend_digest.hex(), "bytes": stream.size,
+        "header_bytes": stream.size - sum(len(s) for s in stream.streams),
+        "stream_bytes": dict(zip(("z", "y", "guard"), map(len, stream.streams))),
+        "bpp": 8 * stream.size / (header.width * header.height),
     }
     click.echo(json.dumps(info, indent=2))
-
-
-def _parse_eager_backend(item: str):  # noqa: ANN202 - (device, dtype)
-    import torch
-
-    device, _, dtype_name = item.partition("-")
-    dtype = getattr(torch, dtype_name or "float32", None)
-    if not device or not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise click.BadParameter(f"{item!r}: expected DEVICE-DTYPE such as cpu-float64, or a graph backend "
-                                 "name with --export", param_hint="--backends")
-    return device, dtype
 
 
 @click.command()
@@ -195,30 +164,15 @@ def _parse_eager_backend(item: str):  # noqa: ANN202 - (device, dtype)
 def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Optional[Path], images: Optional[Path],
              limit: int, crop: Optional[int], backends: str, output: Optional[Path]) -> None:
     """Count scale-bucket index mismatches between backends, per step, as JSON."""
-    from hpcm.codec import Codec
     from hpcm.codec.images import load_folder
     from hpcm.files import atomic_output, check_output
-    from hpcm.runtime.mismatch import count_mismatches
-    from hpcm.runtime.runners import GRAPH_RUNNERS
-    from hpcm.runtime.runners.eager import EagerRunner
-    from hpcm.runtime.session import codec_parameters, open_runner
+    from hpcm.runtime.mismatch import backend_codecs, count_mismatches
+    from hpcm.runtime.session import CodecRequest
 
     if output is not None:
         check_output(output, [checkpoint])
-    export = open_export(export_dir) if export_dir is not None else None
-    model = load_model(variant, checkpoint)
-    parameters = codec_parameters(model, export)
-    with contextlib.ExitStack() as stack:
-        codecs = {}
-        for item in (b.strip() for b in backends.split(",") if b.strip()):
-            if item in GRAPH_RUNNERS:
-                runner = open_runner(item, export=export)
-            else:
-                device, dtype = _parse_eager_backend(item)
-                runner = EagerRunner(model, device=device, dtype=dtype)
-            codecs[item] = Codec(stack.enter_context(runner), parameters)
-        if len(codecs) < 2:
-            raise click.UsageError("--backends needs at least two backends")
+    request = CodecRequest(checkpoint=checkpoint, export=export_dir, variant=variant)
+    with backend_codecs(request, split_list((backends,))) as codecs:
         report = count_mismatches(codecs, load_folder(image_folder(images), limit, crop))
     text = json.dumps(report, indent=2)
     if output is None:

@@ -7,23 +7,7 @@ from typing import Optional
 
 import click
 
-from .options import (checkpoint_option, device_option, image_folder, images_options, load_model, open_export,
-                      size_options)
-
-
-def _reference_model(export, checkpoint: Optional[Path]):  # noqa: ANN001, ANN202 - ExportDir -> HPCM
-    """The eager model the export was made from: ``checkpoint``, or the manifest's seeded model."""
-    from hpcm.errors import ArtifactError
-    from hpcm.models import build_model
-
-    manifest = export.manifest
-    if checkpoint is not None:
-        return load_model(None, checkpoint, tables=False)
-    if manifest.seed is None:
-        source = f" ({manifest.source})" if manifest.source else ""
-        raise ArtifactError(f"{export.path} holds trained weights{source}: pass the checkpoint it was exported "
-                            "from with --checkpoint to compare against")
-    return build_model(manifest.variant, seed=int(manifest.seed)).eval()
+from .options import checkpoint_option, device_option, image_folder, images_options, size_options
 
 
 @click.command()
@@ -49,25 +33,23 @@ def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Opt
     a tolerance is exceeded."""
     import json
 
-    from hpcm.codec import Codec
     from hpcm.codec.images import load_folder
     from hpcm.files import atomic_output, check_output
     from hpcm.runtime.check import Tolerances, check_export
-    from hpcm.runtime.runners.eager import EagerRunner
-    from hpcm.runtime.session import codec_parameters, open_runner
+    from hpcm.runtime.session import CodecRequest, open_codec, resolve
 
     if report_path is not None:
         check_output(report_path, [checkpoint], option="--report")
-    export = open_export(export_dir)
-    click.echo(export.describe())
-    model = _reference_model(export, checkpoint)
-    parameters = codec_parameters(model, export)
+    source = resolve(CodecRequest(export=export_dir, checkpoint=checkpoint), need_model=True)
+    click.echo(source.export.describe())
     pictures = load_folder(image_folder(images), limit, crop)
-    runner = open_runner(backend, export=export, device=device)
-    with runner, EagerRunner(model, device=str(runner.device)) as eager:
-        report = check_export(Codec(eager, parameters), Codec(runner, parameters), pictures,
-                              Tolerances(max_abs_error, max_index_mismatches, max_psnr_diff),
-                              graphs=list(graphs) or None, precision=export.manifest.precision)
+    on_backend = CodecRequest(export=source.export, backend=backend, device=device)
+    with open_codec(on_backend) as tested:
+        eager = CodecRequest(model=source.model, export=source.export, backend="eager", device=str(tested.codec.device))
+        with open_codec(eager) as reference:
+            report = check_export(reference.codec, tested.codec, pictures,
+                                  Tolerances(max_abs_error, max_index_mismatches, max_psnr_diff),
+                                  graphs=list(graphs) or None, precision=source.export.manifest.precision)
     for graph, runs in report["graphs"].items():
         worst = {k: max(r["outputs"][k]["max"] for r in runs) for k in runs[0]["outputs"]}
         click.echo(f"  {graph:<18} " + "  ".join(f"{k} max {v:.2e}" for k, v in worst.items()))
@@ -108,12 +90,12 @@ def build(export_dir: Path, precision: Optional[str], min_size, opt_size, max_si
     Engines are cached under a key of ONNX and weights hashes, TensorRT version, GPU name and compute
     capability, plugin library hash, profile and precision, so a change of any of them builds anew.
     """
-    from hpcm.runtime.runners.tensorrt import TensorRTRunner
+    from hpcm.runtime.session import CodecRequest, open_runner, resolve
 
-    export = open_export(export_dir)
+    export = resolve(CodecRequest(export=export_dir), need_model=False, tables=False).export
     profile = export.manifest.profile.with_sizes(min_size, opt_size, max_size)
-    runner = TensorRTRunner(export, device=device, precision=precision, profile=profile, cache_dir=cache_dir,
-                            plugin=plugin)
+    runner = open_runner("tensorrt", export=export, device=device, precision=precision, profile=profile,
+                         cache_dir=cache_dir, plugin=plugin)
     for path in runner.build_all():
         click.echo(f"engine {path}")
 

@@ -11,8 +11,7 @@ import click
 
 from hpcm.log import LOG
 
-from .options import (UNTRAINED_NOTICE, backend_option, default_backend, device_option, load_model, open_export,
-                      split_list, variant_option)
+from .options import backend_option, device_option, split_list, variant_option
 
 CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
 
@@ -120,45 +119,33 @@ def _classical(name: str, qualities: tuple[str, ...]):  # noqa: ANN202 - (points
 
 def _learned(checkpoints: tuple[Path, ...], exports: tuple[Path, ...], variant: Optional[str],
              backend: Optional[str], device: Optional[str], forward_check: bool, output: Path):  # noqa: ANN202
-    from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
     from hpcm.evaluation.evaluate import file_digest, learned_point
-    from hpcm.runtime.session import codec_session
+    from hpcm.export.artifact import ExportDir
+    from hpcm.runtime.session import CodecRequest, untrained
 
     if exports and (checkpoints or variant):
         raise click.UsageError("--export excludes --checkpoint and --variant: an export holds its weights and variant")
-    backend = default_backend(backend, exports[0] if exports else None)
+    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
     setup = {"backend": backend, "device": device or "default"}
     points = []
     for path in checkpoints:
-        def opener(path: Path = path):  # noqa: ANN202
-            return codec_session(backend, model=load_model(variant, path), device=device)
-        points.append(learned_point(f"checkpoint-{file_digest(path)}", path.name, opener, forward_check))
+        request = CodecRequest(checkpoint=path, variant=variant, backend=backend, device=device)
+        points.append(learned_point(f"checkpoint-{file_digest(path)}", path.name, request, forward_check))
     for path in exports:
-        export = open_export(path)
-        def opener(export=export):  # noqa: ANN001, ANN202
-            return codec_session(backend, export=export, device=device)
-        points.append(learned_point(f"export-{export.codec_parameters.weights_digest.hex()}", str(path), opener,
+        export = ExportDir.open(path)
+        request = CodecRequest(export=export, backend=backend, device=device)
+        points.append(learned_point(f"export-{export.codec_parameters.weights_digest.hex()}", str(path), request,
                                     forward_check))
     what = f"{len(checkpoints)} checkpoint(s)" if checkpoints else f"{len(exports)} export(s)"
     name = output.stem
     if not points:
-        spec_name = variant or DEFAULT_VARIANT
-        LOG.warning(UNTRAINED_NOTICE.format(variant=spec_name, seed=DEFAULT_SEED))
-        points.append(learned_point(f"untrained-{spec_name}-seed{DEFAULT_SEED}", f"{spec_name} (untrained)",
-                                    lambda: codec_session(backend, model=_quiet_model(spec_name), device=device),
-                                    forward_check))
-        what = f"UNTRAINED seeded {spec_name} (seed {DEFAULT_SEED}: random weights, meaningless R-D)"
-        name = f"{spec_name} (untrained, seed {DEFAULT_SEED})"
+        request = CodecRequest(variant=variant, backend=backend, device=device)
+        seeded = untrained(request)
+        points.append(learned_point(f"untrained-{seeded.variant}-seed{seeded.seed}", f"{seeded.variant} (untrained)",
+                                    request, forward_check))
+        what = f"UNTRAINED seeded {seeded.variant} (seed {seeded.seed}: random weights, meaningless R-D)"
+        name = f"{seeded.variant} (untrained, seed {seeded.seed})"
     return points, setup, name, f"hpcm-rwkv {what} on the {backend} backend ({device or 'default device'})"
-
-
-def _quiet_model(variant: str):  # noqa: ANN202 - the seeded HPCM (the notice was printed once already)
-    from hpcm.config import DEFAULT_SEED
-    from hpcm.models import build_model
-
-    model = build_model(variant, seed=DEFAULT_SEED)
-    model.update()
-    return model.eval()
 
 
 def _print_summary(document: dict, labels: dict[str, str]) -> None:
@@ -293,13 +280,15 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str
     from hpcm.evaluation.ablation import ablation_variants
     from hpcm.evaluation.bench import BenchConfig, markdown, run_configuration, stage_figure
     from hpcm.evaluation.flops import module_costs
+    from hpcm.export.artifact import ExportDir
     from hpcm.files import atomic_output, check_output
     from hpcm.models import build_model, get_variant
+    from hpcm.runtime.session import CodecRequest
 
     md_path, png_path = output.with_suffix(".md"), output.with_suffix(".png")
     for path in (output, md_path, png_path):
         check_output(path)
-    backend = default_backend(backend, exports[0] if exports else None)
+    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
     names = split_list(variants)
     if exports and (names or ablate):
         raise click.UsageError("--export excludes --variant and --ablate: an export fixes its variant")
@@ -312,7 +301,7 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str
                   if s.name not in {t.name for t in specs}]
         compare = compare or specs[0].name  # ratios against the ablated base
     dims = [_parse_size(s) for s in split_list(sizes)]
-    export_specs = {path: open_export(path).variant for path in exports}
+    export_specs = {path: ExportDir.open(path).variant for path in exports}
     configs = []
     for width, height in dims:
         for spec in specs:

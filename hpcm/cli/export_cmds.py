@@ -7,11 +7,11 @@ from typing import Optional
 
 import click
 
-from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
+from hpcm.config import DEFAULT_SEED
 from hpcm.log import LOG
 
 from .framework import ProjectCommand
-from .options import checkpoint_option, load_model, size_options, variant_option
+from .options import checkpoint_option, size_options, variant_option
 
 
 @click.command("export", cls=ProjectCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,16 +49,11 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
     steps, the two context fusions, synthesis) with dynamic batch/height/width, their shared weights, the
     codec's tables, and manifest.json. The folder alone is enough to encode and decode."""
     from hpcm.export.onnx_export import default_wkv_route, export_model
-    from hpcm.models import build_model
     from hpcm.models.graphs import CODEC_GRAPHS
+    from hpcm.runtime.session import CodecRequest, resolve
 
-    if checkpoint is not None:
-        model = load_model(variant, checkpoint)
-    else:
-        model = build_model(variant or DEFAULT_VARIANT, seed=seed)
-        model.update()
-        LOG.warning(f"no --checkpoint given: exporting a seeded (seed={seed}) {model.spec.name} model with UNTRAINED "
-                    "weights; the graphs are for plumbing and shape tests only")
+    source = resolve(CodecRequest(checkpoint=checkpoint, variant=variant, seed=seed), need_model=True)
+    model, provenance = source.model, source.provenance
     if wkv is None:
         wkv = default_wkv_route(model)
         if wkv != "custom":
@@ -69,7 +64,7 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
         names.append("forward")
     manifest = export_model(
         model, output, wkv=wkv, opset=opset, size=tuple(opt_size), graphs=names, precision=precision,
-        trained=checkpoint is not None, seed=None if checkpoint is not None else seed,
+        trained=provenance.trained, seed=provenance.seed,
         source=checkpoint.name if checkpoint is not None else None, optimize=optimize,
         min_size=tuple(min_size) if min_size else None, max_size=tuple(max_size) if max_size else None,
     )

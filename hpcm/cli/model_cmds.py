@@ -6,17 +6,16 @@ from pathlib import Path
 
 import click
 
-from .options import load_model, variant_option
+from .options import variant_option
 
 
-def _load(variant: str | None, checkpoint: Path | None):  # noqa: ANN202 - an HPCM
-    """The checkpoint's model, or the seeded untrained variant; entropy tables are not needed here."""
-    from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
-    from hpcm.models import build_model
+def _model(variant: str | None, checkpoint: Path | None):  # noqa: ANN202 - an HPCM
+    """The checkpoint's model, or the seeded variant to start from; no entropy tables, no notice (these
+    commands neither code nor judge rate-distortion)."""
+    from hpcm.runtime.session import CodecRequest, resolve
 
-    if checkpoint:
-        return load_model(variant, checkpoint, tables=False)
-    return build_model(variant or DEFAULT_VARIANT, seed=DEFAULT_SEED)
+    request = CodecRequest(checkpoint=checkpoint, variant=variant)
+    return resolve(request, need_model=True, tables=False, announce=False).model
 
 
 @click.command()
@@ -38,7 +37,7 @@ def info(checkpoint_file: Path | None, variant: str | None, checkpoint: Path | N
             click.echo(f"  {line}")
         model = model_from_contents(contents, variant, checkpoint)
     else:
-        model = _load(variant, None)
+        model = _model(variant, None)
     spec = model.spec
     click.echo(f"variant {spec.name}: {spec.description}")
     rwkv = f", RWKV blocks {spec.rwkv_block}, Bi-WKV mode {spec.wkv}" if spec.has_rwkv else ""
@@ -60,7 +59,7 @@ def convert(source: Path, target: str, source_variant: str | None, output: Path,
     from hpcm.models.checkpoint import convert_model, save_checkpoint
 
     check_output(output, [source])
-    model = _load(source_variant, source)
+    model = _model(source_variant, source)
     converted, report = convert_model(model, target, seed=seed)
     save_checkpoint(converted, output, inputs=(source,))
     click.echo(f"{model.spec.name} -> {converted.spec.name}: {report.summary()}")
@@ -95,7 +94,7 @@ def train(images: Path, variant: str, checkpoint: Path | None, output: Path, ste
     paths = image_files(images, recursive=True)
     inputs = (checkpoint, *paths)
     check_output(output, inputs)
-    model = _load(variant, checkpoint)
+    model = _model(variant, checkpoint)
     pictures = [pixels for _, pixels in iterate_images(paths)]
     if not pictures:
         raise ImageError(f"no readable images under {images}")

@@ -1,9 +1,9 @@
-"""Option groups and loaders shared by the commands: one definition of each option and its default.
+"""Option groups shared by the commands: one definition of each option and its default.
 
-The options mirror the API: ``--variant``/``--checkpoint`` choose the model (``load_model``),
-``--export`` an export folder (``ExportDir.open``), ``--backend`` a runner
-(``hpcm.runtime.runners.RUNNERS``) and ``--device`` where it computes (the same meaning for every
-runner; a runner that cannot compute there refuses it).
+The options mirror the API: ``--variant``/``--checkpoint``/``--export``/``--backend``/``--device``
+fill a ``hpcm.runtime.session.CodecRequest``, and ``open_codec`` (or ``resolve``) decides what they
+mean together: which model, which tables, which runner (``--device``: where it computes, the same for
+every runner; a runner that cannot compute there refuses it).
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from typing import Callable, Optional
 import click
 
 from hpcm import config
-from hpcm.config import DEFAULT_SEED, DEFAULT_VARIANT
-from hpcm.log import LOG
-from hpcm.runtime.runners import GRAPH_RUNNERS, RUNNERS
+from hpcm.config import DEFAULT_VARIANT
+from hpcm.runtime.runners import RUNNERS
 
 Decorator = Callable[[Callable], Callable]
-
-UNTRAINED_NOTICE = ("no checkpoint given, using a randomly initialised {variant} model (seed {seed}); "
-                    "untrained weights give meaningless rate-distortion")
 
 
 def combine(*decorators: Decorator) -> Decorator:
@@ -79,50 +75,8 @@ def size_options(what: str, with_opt: bool = True) -> Decorator:
     return combine(*options)
 
 
-def default_backend(backend: Optional[str], export_dir: Optional[Path]) -> str:
-    """The backend when none is given: the export's graphs on ONNX Runtime, else eager PyTorch."""
-    if backend is not None:
-        return backend
-    return GRAPH_RUNNERS[0] if export_dir is not None else "eager"
-
-
 def image_folder(images: Optional[Path]) -> Path:
     return images if images is not None else config.default_image_folder()
-
-
-def load_model(variant: Optional[str], checkpoint: Optional[Path], tables: bool = True):  # noqa: ANN201 - an HPCM
-    """The checkpoint's model (``variant`` must then agree or be omitted), else the seeded untrained
-    ``variant`` (with a notice). With ``tables``, entropy tables are ensured (computed with a notice
-    when a checkpoint lacks them)."""
-    from hpcm.codec import EntropyTables
-    from hpcm.errors import CheckpointError, EntropyTableError
-    from hpcm.models import build_model
-    from hpcm.models.checkpoint import load_checkpoint
-
-    if checkpoint is not None:
-        model = load_checkpoint(checkpoint, variant)
-    else:
-        name = variant or DEFAULT_VARIANT
-        LOG.warning(UNTRAINED_NOTICE.format(variant=name, seed=DEFAULT_SEED))
-        model = build_model(name, seed=DEFAULT_SEED)
-    if tables and not model.has_entropy_tables:
-        if checkpoint is not None:
-            LOG.warning(f"{checkpoint} has no entropy tables; computing them (save the checkpoint after "
-                        "model.update() to pin them)")
-        try:
-            model.update()
-        except EntropyTableError as exc:
-            raise CheckpointError(f"{checkpoint}: no entropy tables can be computed from its weights ({exc})") \
-                from exc
-    if tables and checkpoint is not None:
-        EntropyTables.from_model(model, source=str(checkpoint))  # a faulty table is reported against the file
-    return model.eval()
-
-
-def open_export(export_dir: Path):  # noqa: ANN201 - an ExportDir
-    from hpcm.export.artifact import ExportDir
-
-    return ExportDir.open(export_dir)
 
 
 def split_list(values: tuple[str, ...]) -> list[str]:
