@@ -23,8 +23,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from hpcm.config import DEFAULT_SEED
-from hpcm.errors import HPCMError
+from hpcm.config import DEFAULT_VARIANT
+from hpcm.errors import ConfigError, HPCMError
+from hpcm.files import atomic_output, check_output
+from hpcm.models.variants import VariantSpec, get_variant
+from hpcm.runtime.session import CodecRequest, check_backend, resolve
 
 from .timing import DECODE_STAGES, ENCODE_STAGES, StageTimeline, summary
 
@@ -37,7 +40,8 @@ class BenchError(HPCMError, RuntimeError):
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One measured configuration; ``variant`` is a ``VariantSpec.to_dict()`` (None with ``export``)."""
+    """One measured configuration; ``variant`` is a ``VariantSpec.to_dict()`` (None with ``export``);
+    ``seed``: of the untrained weights (None: the default seed)."""
 
     name: str
     width: int
@@ -48,7 +52,7 @@ class BenchConfig:
     export: Optional[str] = None
     warmup: int = 1
     repeats: int = 3
-    seed: int = DEFAULT_SEED
+    seed: Optional[int] = None
 
     @property
     def size(self) -> str:
@@ -84,15 +88,14 @@ def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
     from hpcm.codec.codec import padded_size
     from hpcm.config import max_pixels
-    from hpcm.models.variants import VariantSpec
     from hpcm.runtime.runners import runner_class
-    from hpcm.runtime.session import CodecRequest, open_codec, resolve
+    from hpcm.runtime.session import open_codec
 
     variant = VariantSpec.from_dict(config.variant) if config.variant is not None else None
     request = CodecRequest(export=config.export, variant=variant, backend=config.backend, seed=config.seed)
     # seeded weights time as trained ones do (see the module's docstring): no notice
     source = resolve(request, need_model=config.backend == "eager", announce=False)
-    image = smooth_image(config.height, config.width, config.seed)
+    image = smooth_image(config.height, config.width)
     device = runner_class(request.backend_name).resolve_device(config.device)
     cuda = device.type == "cuda"
     timeline = StageTimeline(device)
@@ -217,8 +220,6 @@ def stage_figure(report: dict, output: Path) -> None:
     """Stacked bars of the median time per stage, an encode and a decode bar per configuration."""
     from matplotlib.figure import Figure
 
-    from hpcm.files import atomic_output
-
     from .timing import STAGES
 
     results = report["results"]
@@ -239,6 +240,87 @@ def stage_figure(report: dict, output: Path) -> None:
     ax.legend(fontsize=7, ncols=2)
     with atomic_output(output) as tmp:
         figure.savefig(tmp, format=Path(output).suffix.lstrip(".") or "png", dpi=100)
+
+
+# ---------------------------------------------------------------------- the command
+@dataclass(frozen=True)
+class BenchFiles:
+    """Where ``hpcm bench -o OUT.json`` writes: the JSON report, OUT.md (tables) and OUT.png (stages)."""
+
+    json: Path
+    markdown: Path
+    figure: Path
+
+    @classmethod
+    def checked(cls, output: Path) -> "BenchFiles":
+        """The three files of ``output``, each checked writable before any work starts."""
+        return cls(*(check_output(p) for p in (output, output.with_suffix(".md"), output.with_suffix(".png"))))
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The configurations to measure, the variants whose parameters and MACs are counted, and the
+    variant the ratio columns compare with."""
+
+    configurations: list[BenchConfig]
+    variants: list[VariantSpec]
+    compare: Optional[str]
+
+
+def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence[tuple[int, int]],
+               backend: Optional[str] = None, device: Optional[str] = None, warmup: int = 1, repeats: int = 3,
+               compare: Optional[str] = None, ablate: Optional[str] = None) -> BenchPlan:
+    """Every variant (seeded; default ``DEFAULT_VARIANT``) or export folder at every size (width,
+    height) on ``backend``; with ``ablate`` (``ablation.ABLATIONS``) also each one-part change of the
+    first variant, compared with it unless ``compare`` names another."""
+    from .ablation import ablation_variants
+
+    if exports and (variants or ablate):
+        raise ConfigError("--export excludes --variant and --ablate: an export fixes its variant")
+    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
+    check_backend(backend, has_export=bool(exports))
+    specs = [get_variant(n) for n in (variants or [DEFAULT_VARIANT])] if not exports else []
+    if ablate:
+        base = variants[0] if variants else DEFAULT_VARIANT
+        specs += [s for s in ablation_variants(base, ablate) if s.name not in {t.name for t in specs}]
+        compare = compare or specs[0].name
+    folders = {path: resolve(CodecRequest(export=path), need_model=False, tables=False).export for path in exports}
+    configurations = []
+    for width, height in sizes:
+        configurations += [BenchConfig(spec.name, width, height, backend, device, variant=spec.to_dict(),
+                                       warmup=warmup, repeats=repeats) for spec in specs]
+        configurations += [BenchConfig(export.variant.name, width, height, backend, device, export=str(path),
+                                       warmup=warmup, repeats=repeats) for path, export in folders.items()]
+    names = sorted({c.name for c in configurations})
+    if compare is not None and compare not in names:
+        raise ConfigError(f"--compare {compare!r} is not among the benched variants ({', '.join(names)})")
+    counted = {spec.name: spec for spec in specs + [export.variant for export in folders.values()]}
+    return BenchPlan(configurations, list(counted.values()), compare)
+
+
+def run_bench(plan: BenchPlan, files: BenchFiles, macs: bool = True, progress: bool = True) -> str:
+    """Measure every configuration of ``plan`` in its own process, count parameters and MACs (``macs``;
+    on seeded weights, which do not change the counts), write ``files``; returns the Markdown tables."""
+    from tqdm import tqdm
+
+    from .flops import module_costs
+
+    results = [run_configuration(config) for config in tqdm(plan.configurations, unit="configuration",
+                                                            disable=None if progress else True, dynamic_ncols=True)]
+    costs = {}
+    if macs:
+        for spec in plan.variants:
+            model = resolve(CodecRequest(variant=spec), need_model=True, tables=False, announce=False).model
+            costs[spec.name] = module_costs(model)
+    report = {"configurations": [asdict(c) for c in plan.configurations], "results": results, "costs": costs,
+              "compare": plan.compare}
+    with atomic_output(files.json) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    table = markdown(report, plan.compare)
+    with atomic_output(files.markdown) as tmp:
+        tmp.write_text(table + "\n")
+    stage_figure(report, files.figure)
+    return table
 
 
 def _worker() -> None:

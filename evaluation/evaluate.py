@@ -7,6 +7,10 @@ on 8-bit RGB (``metrics``), encoding and decoding time (waiting for the GPU), an
 codec the largest difference between the decoded image and the model's eval-mode forward x_hat, on
 the runners that have the whole-model ``forward`` graph (eager always; an export made with --forward).
 Rows go to a ``RowJournal`` as they complete, so a rerun skips what is done.
+
+The command's orchestration is here too: ``learned_plan``/``classical_plan`` turn what was asked for
+into rate points, ``evaluate_images`` measures them on a folder and writes the result files
+(``ResultFiles``, checked before any work); the CLI parses options and prints ``summary_table``.
 """
 
 from __future__ import annotations
@@ -21,14 +25,15 @@ import torch
 
 from hpcm.codec import Codec, pad_image
 from hpcm.codec.codec import deterministic_precision
-from hpcm.codec.images import load_image, synthetic_images, to_uint8
-from hpcm.errors import HPCMError, ImageError
+from hpcm.codec.images import image_files, load_image, synthetic_images, to_uint8
+from hpcm.errors import ConfigError, HPCMError, ImageError
+from hpcm.files import check_output
 from hpcm.log import LOG
-from hpcm.runtime.session import CodecRequest, open_codec
+from hpcm.runtime.session import CodecRequest, check_backend, open_codec, resolve, untrained
 
-from .classical import ClassicalCodec, from_uint8_image
+from .classical import CLASSICAL_CODECS, ClassicalCodec, from_uint8_image
 from .metrics import ms_ssim_rgb8, psnr_rgb8, to_8bit
-from .results import RowJournal
+from .results import RowJournal, result_document, row_paths, write_csv, write_json
 from .timing import stopwatch
 
 
@@ -193,3 +198,127 @@ def forward_check_summary(rows: Sequence[dict]) -> str:
         return f"decoded images equal the eval-mode forward's x_hat in 8-bit on all {len(diffs)} coded images"
     return (f"decoded images differ from the eval-mode forward's x_hat on {differing} of {len(diffs)} coded images "
             f"(at most {max(diffs):.0f} levels of 255)")
+
+
+# ------------------------------------------------------------------------------------ the command
+@dataclass(frozen=True)
+class Plan:
+    """The rate points of one run, the setup their rows are measured with (a journal of another setup
+    is refused), the curve's default name and its description."""
+
+    points: list[RatePoint]
+    setup: dict
+    name: str
+    description: str
+    learned: bool
+
+
+def classical_plan(name: str, qualities: Optional[Sequence[int]] = None) -> Plan:
+    """A classical codec (``CLASSICAL_CODECS``) at ``qualities`` (default: its sweep)."""
+    codec = CLASSICAL_CODECS[name]
+    values = list(qualities or codec.qualities)
+    library = codec.library()
+    return Plan(classical_points(codec, values), {"codec": name, "library": library},
+                f"{codec.title} ({library.split(',')[0]})",
+                f"{codec.title} through {library}, Pillow's defaults, quality {min(values)}..{max(values)}", False)
+
+
+def learned_plan(checkpoints: Sequence[Path], exports: Sequence[Path], variant: Optional[str], backend: Optional[str],
+                 device: Optional[str], forward_check: bool, trained_name: str) -> Plan:
+    """One point per checkpoint or export folder (named ``trained_name``), else the seeded untrained
+    model of ``variant``, named and described as such."""
+    if exports and (checkpoints or variant):
+        raise ConfigError("--export excludes --checkpoint and --variant: an export holds its weights and variant")
+    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
+    check_backend(backend, has_export=bool(exports))
+    points = []
+    for path in checkpoints:
+        request = CodecRequest(checkpoint=path, variant=variant, backend=backend, device=device)
+        points.append(learned_point(f"checkpoint-{file_digest(path)}", path.name, request, forward_check))
+    for path in exports:
+        export = resolve(CodecRequest(export=path), need_model=False)
+        request = CodecRequest(export=export.export, backend=backend, device=device)
+        points.append(learned_point(f"export-{export.parameters.weights_digest.hex()}", str(path), request,
+                                    forward_check))
+    what = f"{len(checkpoints)} checkpoint(s)" if checkpoints else f"{len(exports)} export(s)"
+    name = trained_name
+    if not points:
+        request = CodecRequest(variant=variant, backend=backend, device=device)
+        seeded = untrained(request)
+        points.append(learned_point(f"untrained-{seeded.variant}-seed{seeded.seed}", f"{seeded.variant} (untrained)",
+                                    request, forward_check))
+        what = f"UNTRAINED seeded {seeded.variant} (seed {seeded.seed}: random weights, meaningless R-D)"
+        name = f"{seeded.variant} (untrained, seed {seeded.seed})"
+    return Plan(points, {"backend": backend, "device": device or "default"}, name,
+                f"hpcm-rwkv {what} on the {backend} backend ({device or 'default device'})", True)
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    """Where a run writes: the CompressAI JSON, its row journal and CSV (``results.row_paths``)."""
+
+    json: Path
+    journal: Path
+    csv: Path
+
+    @classmethod
+    def checked(cls, output: Path) -> "ResultFiles":
+        """The files of result file ``output``, each checked writable before any work starts."""
+        journal, table = row_paths(output)
+        return cls(*(check_output(path) for path in (output, journal, table)))
+
+
+def image_paths(images: Path, limit: Optional[int] = None) -> list[Path]:
+    """The images of a folder (sorted by name; the first ``limit``), or one image file."""
+    if images.is_dir():
+        paths = image_files(images)
+    elif images.is_file():
+        paths = [images]
+    else:
+        raise ImageError(f"{images}: no such image or folder")
+    if not paths:
+        raise ImageError(f"{images}: no image files (png, jpg, bmp, ppm, tif, webp) in this folder")
+    return paths[:limit] if limit else paths
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run wrote: the result document, the label of each point, and how many rows it holds."""
+
+    document: dict
+    labels: dict[str, str]
+    rows: int
+
+
+def evaluate_images(plan: Plan, images: Path, paths: Sequence[Path], files: ResultFiles, name: Optional[str] = None,
+                    progress: bool = True) -> Outcome:
+    """Measure ``plan`` on the images ``paths`` of ``images`` (``image_paths``), resuming from the
+    journal, and write the result files."""
+    journal = RowJournal(files.journal, plan.setup)
+    evaluate(plan.points, paths, journal, progress=progress)
+    names, keys = {p.name for p in paths}, [p.key for p in plan.points]
+    rows = [r for r in journal.rows if r["image"] in names and r["point"] in set(keys)]
+    if not rows:
+        raise ImageError(f"no image of {images} could be coded; nothing written")
+    description = f"{plan.description}; {len({r['image'] for r in rows})} images from {images}"
+    if plan.learned:
+        description += f"; {forward_check_summary(rows)}"
+    document = result_document(name or plan.name, description, keys, rows, plan.setup)
+    write_json(files.json, document)
+    write_csv(files.csv, [r for key in keys for r in rows if r["point"] == key])
+    return Outcome(document, {p.key: p.label for p in plan.points}, len(rows))
+
+
+def summary_table(outcome: Outcome) -> str:
+    """The means of every rate point, one line each."""
+    document = outcome.document
+    results = document["results"]
+    ms_ssim = results.get("ms-ssim-rgb", [None] * len(results["bpp"]))
+    lines = [f"{document['name']}:",
+             f"  {'rate point':<28} {'bpp':>8} {'PSNR':>8} {'MS-SSIM':>8} {'enc s':>8} {'dec s':>8} images"]
+    for i, point in enumerate(document["points"]):
+        m = f"{ms_ssim[i]:.4f}" if ms_ssim[i] is not None else "-"
+        lines.append(f"  {outcome.labels.get(point['point'], point['point']):<28} {results['bpp'][i]:>8.4f} "
+                     f"{results['psnr-rgb'][i]:>8.3f} {m:>8} {results['encoding_time'][i]:>8.3f} "
+                     f"{results['decoding_time'][i]:>8.3f} {point['images']}")
+    return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""R-D figures: PSNR and MS-SSIM (dB) against bpp, the measured curves over the published anchors.
+"""``hpcm plot``: which curves are compared (``compare_curves``: the measured results, the published
+anchors, the BD reference) and the R-D figure, PSNR and MS-SSIM (dB) against bpp, of the measured
+curves over the anchors.
 
 Drawn with matplotlib's object API (``Figure`` + its Agg canvas): no pyplot, no display, no global
 backend choice. The file type follows the output's suffix (.png, .svg, .pdf).
@@ -6,12 +8,79 @@ backend choice. The file type follows the output's suffix (.png, .svg, .pdf).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hpcm import config
 from hpcm.files import atomic_output
+from hpcm.log import LOG
 
-from .bd import Curve
+from .bd import Curve, ResultsError, anchor_curves, bd_table, markdown_table, read_curve
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """The measured ``curves``, the ``anchors`` drawn beside them, the BD ``reference`` and its ``table``."""
+
+    curves: list[Curve]
+    anchors: list[Curve]
+    reference: Curve
+    table: str
+
+    def write(self, figure: Optional[Path] = None, table: Optional[Path] = None, title: str = "",
+              inputs: Sequence[Path] = ()) -> None:
+        """The figure (by its suffix) and the Markdown table, where asked, never over one of ``inputs``."""
+        if table is not None:
+            with atomic_output(table, inputs=inputs) as tmp:
+                tmp.write_text(self.table + "\n")
+        if figure is not None:
+            rd_figure(self.curves, self.anchors, figure, title=title, reference=self.reference)
+
+
+def _published(anchors: Optional[Path]) -> tuple[Path, dict[str, Curve]]:
+    """The anchor folder (default: the configured one, skipped with a notice when absent) and its
+    curves by file stem, each marked as published (a measured JPEG and the published one must not
+    share a name)."""
+    folder = anchors if anchors is not None else config.default_anchor_folder()
+    if not folder.is_dir():
+        if anchors is not None:
+            raise ResultsError(f"--anchors {anchors} is not a folder")
+        LOG.warning(f"no anchors at {folder}: plotting and comparing the given results only")
+        return folder, {}
+    return folder, {stem: c if "published" in c.name.lower() else dataclasses.replace(c, name=f"{c.name} (published)")
+                    for stem, c in anchor_curves(folder).items()}
+
+
+def _reference_curve(reference: Optional[str], curves: list[Curve], published: dict[str, Curve]) -> Curve:
+    if reference is None:
+        return published.get("vtm", curves[0])
+    key = reference.lower()
+    if key in published:
+        return published[key]
+    for curve in [*curves, *published.values()]:
+        if curve.name.lower() == key:
+            return curve
+    names = sorted({*published, *(c.name for c in curves)})
+    raise ResultsError(f"--reference: no curve {reference!r}; choose one of {', '.join(names)}")
+
+
+def compare_curves(results: Sequence[Path], anchors: Optional[Path] = None, anchor_names: Sequence[str] = (),
+                   reference: Optional[str] = None) -> Comparison:
+    """The result files against the anchors of ``anchors`` (only ``anchor_names``, file stems, when
+    given) and BD values against ``reference`` (an anchor's stem or any curve's name; default: vtm
+    where the anchors hold it, else the first result)."""
+    curves = [read_curve(p) for p in results]
+    folder, published = _published(anchors)
+    wanted = [n.lower() for n in anchor_names]
+    unknown = [n for n in wanted if n not in published]
+    if unknown:
+        raise ResultsError(f"--anchor {', '.join(unknown)}: not among the anchors in {folder} "
+                           f"({', '.join(published) or 'none'})")
+    drawn = [c for stem, c in published.items() if not wanted or stem in wanted]
+    ref = _reference_curve(reference, curves, published)
+    table = markdown_table(bd_table(curves + [c for c in drawn if c is not ref], ref), ref)
+    return Comparison(curves, drawn, ref, table)
 
 
 def rd_figure(curves: Sequence[Curve], anchors: Sequence[Curve], output: Path, title: str = "",

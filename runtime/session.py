@@ -244,7 +244,7 @@ class CodecSession:
         self.close()
 
 
-def _check_backend(backend: str, has_export: bool) -> None:
+def check_backend(backend: str, has_export: bool) -> None:
     """Refuse an unknown backend, or a graph backend without an export folder (before anything loads)."""
     if backend not in RUNNERS:
         raise RunnerError(f"unknown backend {backend!r}; use one of {', '.join(RUNNERS)}")
@@ -256,7 +256,7 @@ def _check_backend(backend: str, has_export: bool) -> None:
 def open_runner(backend: str, model: Optional[HPCM] = None, export: Optional[ExportDir] = None,
                 device: Optional[str] = None, **options: Any) -> Runner:
     """A (not yet active) runner: ``eager`` runs ``model``; ``onnxruntime``/``tensorrt`` run ``export``."""
-    _check_backend(backend, export is not None)
+    check_backend(backend, export is not None)
     if backend == "eager" and model is None:
         raise RunnerError("the eager backend runs a PyTorch model: give --checkpoint (or no --export) "
                           "instead of an export folder")
@@ -270,7 +270,7 @@ def open_codec(request: CodecRequest, *, clock: StageClock = NO_CLOCK, announce:
     ``clock`` sees the codec's stages (``Codec``); ``announce``: as in ``resolve``; ``runner_options``
     go to the runner (e.g. ``dtype`` of an eager runner, ``cache_dir`` of TensorRT's)."""
     backend = request.backend_name
-    _check_backend(backend, request.export is not None)
+    check_backend(backend, request.export is not None)
     if request.header is not None:
         check_claimed_size(request.header, request.max_pixels)
     source = resolve(request, need_model=backend == "eager", announce=announce)

@@ -132,3 +132,31 @@ def test_eval_of_the_untrained_model_checks_decoding_against_the_forward(tmp_pat
     assert len(document["results"]["bpp"]) == 1 and document["results"]["bpp"][0] > 0
     row = json.loads((tmp_path / "tiny.rows.jsonl").read_text().splitlines()[1])
     assert row["forward_max_diff"] == 0 and row["ms_ssim_rgb"] is not None
+
+
+def test_bench_plan_refuses_what_cannot_run_before_measuring(tmp_path: Path) -> None:
+    from hpcm.errors import ConfigError, RunnerError
+    from hpcm.evaluation.bench import bench_plan
+
+    plan = bench_plan(["baseline"], [], [(256, 256), (512, 256)], ablate="cells")
+    names = ["baseline", "baseline+s1=rwkv2", "baseline+s2=rwkv3", "baseline+s3=rwkv4"]
+    assert [c.name for c in plan.configurations] == names * 2 and plan.compare == "baseline"
+    assert [spec.name for spec in plan.variants] == names and {c.size for c in plan.configurations} == {
+        "256x256", "512x256"}
+    with pytest.raises(ConfigError, match="--compare 'phase9'"):
+        bench_plan([TINY], [], [(128, 128)], compare="phase9")
+    with pytest.raises(ConfigError, match="--export excludes --variant"):
+        bench_plan([TINY], [tmp_path], [(128, 128)])
+    with pytest.raises(RunnerError, match="give --export DIR"):
+        bench_plan([TINY], [], [(128, 128)], backend="onnxruntime")
+
+
+def test_bench_command_writes_its_three_files(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "-v", TINY, "--size", "128x128", "--repeats", "1", "--warmup", "0",
+                                       "--no-macs", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["results"]] == [TINY] and report["costs"] == {}
+    assert f"| {TINY} | 128x128 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -3,32 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from hpcm.log import LOG
-
 from .options import backend_option, device_option, split_list, variant_option
 
 CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
-
-
-def _image_paths(images: Path, limit: Optional[int]) -> list[Path]:
-    from hpcm.codec.images import image_files
-    from hpcm.errors import ImageError
-
-    if images.is_dir():
-        paths = image_files(images)
-    elif images.is_file():
-        paths = [images]
-    else:
-        raise ImageError(f"{images}: no such image or folder")
-    if not paths:
-        raise ImageError(f"{images}: no image files (png, jpg, bmp, ppm, tif, webp) in this folder")
-    return paths[:limit] if limit else paths
 
 
 @click.command(name="eval")
@@ -66,98 +48,27 @@ def eval_cmd(images: Path, checkpoints: tuple[Path, ...], exports: tuple[Path, .
     R-D is meaningless: R-D needs trained weights). Rows are saved as they complete: run the same
     command again to resume; unreadable images are skipped with a message.
     """
-    from hpcm.evaluation import evaluate as ev
-    from hpcm.evaluation.results import RowJournal, result_document, row_paths, write_csv, write_json
-    from hpcm.files import check_output
+    from hpcm.evaluation.evaluate import (ResultFiles, classical_plan, evaluate_images, image_paths, learned_plan,
+                                          summary_table)
 
-    check_output(output)
-    journal_path, csv_path = row_paths(output)
-    check_output(journal_path)
-    check_output(csv_path)
-    paths = _image_paths(images, limit)
+    files = ResultFiles.checked(output)
+    paths = image_paths(images, limit)
     if classical is not None:
         if checkpoints or exports or variant or backend:
             raise click.UsageError("--codec measures a classical codec: it excludes --checkpoint, --export, "
                                    "--variant and --backend")
-        points, setup, curve_name, description = _classical(classical, qualities)
+        try:
+            values = [int(q) for q in split_list(qualities)] or None
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}: qualities are integers", param_hint="--quality") from exc
+        plan = classical_plan(classical, values)
     else:
         if qualities:
             raise click.UsageError("--quality goes with --codec")
-        points, setup, curve_name, description = _learned(checkpoints, exports, variant, backend, device,
-                                                          forward_check, output)
-    journal = RowJournal(journal_path, setup)
-    ev.evaluate(points, paths, journal, progress=progress)
-    names = {p.name for p in paths}
-    rows = [r for r in journal.rows if r["image"] in names and r["point"] in {p.key for p in points}]
-    if not rows:
-        raise click.ClickException("no image could be coded; nothing to write")
-    description = f"{description}; {len({r['image'] for r in rows})} images from {images}"
-    if classical is None:
-        description += f"; {ev.forward_check_summary(rows)}"
-    document = result_document(name or curve_name, description, [p.key for p in points], rows, setup)
-    write_json(output, document)
-    write_csv(csv_path, [r for p in points for r in rows if r["point"] == p.key])
-    _print_summary(document, {p.key: p.label for p in points})
-    click.echo(f"wrote {output}, {csv_path} ({len(rows)} rows)")
-
-
-def _classical(name: str, qualities: tuple[str, ...]):  # noqa: ANN202 - (points, setup, name, description)
-    from hpcm.evaluation.classical import CLASSICAL_CODECS
-    from hpcm.evaluation.evaluate import classical_points
-
-    codec = CLASSICAL_CODECS[name]
-    try:
-        values = [int(q) for q in split_list(qualities)] or None
-    except ValueError as exc:
-        raise click.BadParameter(f"{exc}: qualities are integers", param_hint="--quality") from exc
-    points = classical_points(codec, values)
-    library = codec.library()
-    return (points, {"codec": name, "library": library}, f"{codec.title} ({library.split(',')[0]})",
-            f"{codec.title} through {library}, Pillow's defaults, quality {points[0].key.split('-q')[1]}.."
-            f"{points[-1].key.split('-q')[1]}")
-
-
-def _learned(checkpoints: tuple[Path, ...], exports: tuple[Path, ...], variant: Optional[str],
-             backend: Optional[str], device: Optional[str], forward_check: bool, output: Path):  # noqa: ANN202
-    from hpcm.evaluation.evaluate import file_digest, learned_point
-    from hpcm.export.artifact import ExportDir
-    from hpcm.runtime.session import CodecRequest, untrained
-
-    if exports and (checkpoints or variant):
-        raise click.UsageError("--export excludes --checkpoint and --variant: an export holds its weights and variant")
-    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
-    setup = {"backend": backend, "device": device or "default"}
-    points = []
-    for path in checkpoints:
-        request = CodecRequest(checkpoint=path, variant=variant, backend=backend, device=device)
-        points.append(learned_point(f"checkpoint-{file_digest(path)}", path.name, request, forward_check))
-    for path in exports:
-        export = ExportDir.open(path)
-        request = CodecRequest(export=export, backend=backend, device=device)
-        points.append(learned_point(f"export-{export.codec_parameters.weights_digest.hex()}", str(path), request,
-                                    forward_check))
-    what = f"{len(checkpoints)} checkpoint(s)" if checkpoints else f"{len(exports)} export(s)"
-    name = output.stem
-    if not points:
-        request = CodecRequest(variant=variant, backend=backend, device=device)
-        seeded = untrained(request)
-        points.append(learned_point(f"untrained-{seeded.variant}-seed{seeded.seed}", f"{seeded.variant} (untrained)",
-                                    request, forward_check))
-        what = f"UNTRAINED seeded {seeded.variant} (seed {seeded.seed}: random weights, meaningless R-D)"
-        name = f"{seeded.variant} (untrained, seed {seeded.seed})"
-    return points, setup, name, f"hpcm-rwkv {what} on the {backend} backend ({device or 'default device'})"
-
-
-def _print_summary(document: dict, labels: dict[str, str]) -> None:
-    results = document["results"]
-    ms_ssim = results.get("ms-ssim-rgb", [None] * len(results["bpp"]))
-    click.echo(f"{document['name']}:")
-    click.echo(f"  {'rate point':<28} {'bpp':>8} {'PSNR':>8} {'MS-SSIM':>8} {'enc s':>8} {'dec s':>8} images")
-    for i, point in enumerate(document["points"]):
-        m = f"{ms_ssim[i]:.4f}" if ms_ssim[i] is not None else "-"
-        click.echo(f"  {labels.get(point['point'], point['point']):<28} {results['bpp'][i]:>8.4f} "
-                   f"{results['psnr-rgb'][i]:>8.3f} {m:>8} {results['encoding_time'][i]:>8.3f} "
-                   f"{results['decoding_time'][i]:>8.3f} {point['images']}")
+        plan = learned_plan(checkpoints, exports, variant, backend, device, forward_check, trained_name=output.stem)
+    outcome = evaluate_images(plan, images, paths, files, name=name, progress=progress)
+    click.echo(summary_table(outcome))
+    click.echo(f"wrote {output}, {files.csv} ({outcome.rows} rows)")
 
 
 @click.command()
@@ -179,55 +90,17 @@ def plot(results: tuple[Path, ...], anchors: Optional[Path], anchor_names: tuple
          output: Optional[Path], table_path: Optional[Path], title: str) -> None:
     """R-D figure (PSNR and MS-SSIM vs bpp) of RESULTS files (CompressAI JSON, e.g. from `hpcm eval`)
     over the published anchors, and a BD-rate / BD-PSNR table against --reference."""
-    import dataclasses
-
-    from hpcm import config
-    from hpcm.evaluation.bd import anchor_curves, bd_table, markdown_table, read_curve
-    from hpcm.files import atomic_output, check_output
+    from hpcm.evaluation.plot import compare_curves
+    from hpcm.files import check_output
 
     for path in (output, table_path):
         if path is not None:
             check_output(path, inputs=results)
-    curves = [read_curve(p) for p in results]
-    folder = anchors if anchors is not None else config.default_anchor_folder()
-    published: dict = {}
-    if folder.is_dir():  # marked as published: a measured JPEG and the published one must not share a name
-        published = {stem: c if "published" in c.name.lower() else dataclasses.replace(c, name=f"{c.name} (published)")
-                     for stem, c in anchor_curves(folder).items()}
-    elif anchors is not None:
-        raise click.BadParameter(f"{anchors} is not a folder", param_hint="--anchors")
-    else:
-        LOG.warning(f"no anchors at {folder}: plotting and comparing the given results only")
-    wanted = [n.lower() for n in split_list(anchor_names)]
-    unknown = [n for n in wanted if n not in published]
-    if unknown:
-        raise click.BadParameter(f"{', '.join(unknown)} not among the anchors in {folder} "
-                                 f"({', '.join(published) or 'none'})", param_hint="--anchor")
-    drawn = [c for stem, c in published.items() if not wanted or stem in wanted]
-    ref = _reference_curve(reference, curves, published)
-    table = markdown_table(bd_table(curves + [c for c in drawn if c is not ref], ref), ref)
-    click.echo(table)
-    if table_path is not None:
-        with atomic_output(table_path, inputs=results) as tmp:
-            tmp.write_text(table + "\n")
+    comparison = compare_curves(results, anchors, split_list(anchor_names), reference)
+    click.echo(comparison.table)
+    comparison.write(output, table_path, title, inputs=results)
     if output is not None:
-        from hpcm.evaluation.plot import rd_figure
-
-        rd_figure(curves, drawn, output, title=title, reference=ref)
         click.echo(f"wrote {output}")
-
-
-def _reference_curve(reference: Optional[str], curves: list, published: dict):  # noqa: ANN202 - a Curve
-    if reference is None:
-        return published.get("vtm", curves[0])
-    key = reference.lower()
-    if key in published:
-        return published[key]
-    for curve in [*curves, *published.values()]:
-        if curve.name.lower() == key:
-            return curve
-    names = sorted({*published, *(c.name for c in curves)})
-    raise click.BadParameter(f"no curve {reference!r}; choose one of {', '.join(names)}", param_hint="--reference")
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -271,65 +144,13 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str
     Seeded weights and a synthetic image unless --export: latency and memory need no trained weights,
     R-D does (`hpcm eval -c`). CPU memory is the process's peak RSS (PyTorch included), GPU memory the
     CUDA allocator's peak; GPU times are CUDA events."""
-    import dataclasses
-    import json
+    from hpcm.evaluation.bench import BenchFiles, bench_plan, run_bench
 
-    from tqdm import tqdm
-
-    from hpcm.config import DEFAULT_VARIANT
-    from hpcm.evaluation.ablation import ablation_variants
-    from hpcm.evaluation.bench import BenchConfig, markdown, run_configuration, stage_figure
-    from hpcm.evaluation.flops import module_costs
-    from hpcm.export.artifact import ExportDir
-    from hpcm.files import atomic_output, check_output
-    from hpcm.models import build_model, get_variant
-    from hpcm.runtime.session import CodecRequest
-
-    md_path, png_path = output.with_suffix(".md"), output.with_suffix(".png")
-    for path in (output, md_path, png_path):
-        check_output(path)
-    backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
-    names = split_list(variants)
-    if exports and (names or ablate):
-        raise click.UsageError("--export excludes --variant and --ablate: an export fixes its variant")
-    if not exports and backend != "eager":
-        raise click.UsageError(f"--backend {backend} runs export folders: export each variant with hpcm-export "
-                               "and pass --export DIR")
-    specs = [get_variant(n) for n in (names or [DEFAULT_VARIANT])] if not exports else []
-    if ablate:
-        specs += [s for s in ablation_variants(names[0] if names else DEFAULT_VARIANT, ablate)
-                  if s.name not in {t.name for t in specs}]
-        compare = compare or specs[0].name  # ratios against the ablated base
-    dims = [_parse_size(s) for s in split_list(sizes)]
-    export_specs = {path: ExportDir.open(path).variant for path in exports}
-    configs = []
-    for width, height in dims:
-        for spec in specs:
-            configs.append(BenchConfig(spec.name, width, height, backend, device, variant=spec.to_dict(),
-                                       warmup=warmup, repeats=repeats))
-        for path, spec in export_specs.items():
-            configs.append(BenchConfig(spec.name, width, height, backend, device, export=str(path), warmup=warmup,
-                                       repeats=repeats))
-    results = []
-    for config in tqdm(configs, unit="configuration", disable=None, dynamic_ncols=True):
-        results.append(run_configuration(config))
-    costs = {}
-    if macs:  # weights do not change the counts: an export's variant is counted on a seeded model
-        for spec in specs + list(export_specs.values()):
-            costs[spec.name] = module_costs(build_model(spec, seed=0))
-    if compare is not None and compare not in {r["name"] for r in results}:
-        raise click.BadParameter(f"{compare!r} is not among the benched variants "
-                                 f"({', '.join(sorted({r['name'] for r in results}))})", param_hint="--compare")
-    report = {"configurations": [dataclasses.asdict(c) for c in configs], "results": results, "costs": costs,
-              "compare": compare}
-    with atomic_output(output) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-    table = markdown(report, compare)
-    with atomic_output(md_path) as tmp:
-        tmp.write_text(table + "\n")
-    stage_figure(report, png_path)
-    click.echo(table)
-    click.echo(f"wrote {output}, {md_path}, {png_path}")
+    files = BenchFiles.checked(output)
+    plan = bench_plan(split_list(variants), exports, [_parse_size(s) for s in split_list(sizes)], backend, device,
+                      warmup=warmup, repeats=repeats, compare=compare, ablate=ablate)
+    click.echo(run_bench(plan, files, macs=macs))
+    click.echo(f"wrote {files.json}, {files.markdown}, {files.figure}")
 
 
 commands = [eval_cmd, plot, bench]
