@@ -18,7 +18,8 @@ import argparse
 import torch
 from torch import nn
 
-from hpcm.export.onnx_export import graph_specs, reduced_precision_forward_error, traced_copy
+from hpcm.export.precision import reduced_precision_forward_error
+from hpcm.export.tracing import graph_specs, traced_copy
 from hpcm.models import build_model
 from hpcm.models.cells import RWKVBlock
 from hpcm.models.hpcm import HPCM

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import torch
 
-from hpcm.export.onnx_export import graph_specs
+from hpcm.export.tracing import graph_specs
 
 
 def graph_outputs(runner, model, size: tuple[int, int], names: list[str], seed: int, batch: int = 1

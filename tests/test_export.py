@@ -21,7 +21,9 @@ from click.testing import CliRunner  # noqa: E402
 from hpcm.cli.export_cmds import export_main  # noqa: E402
 from hpcm.errors import ExportError  # noqa: E402
 from hpcm.export.artifact import WEIGHTS_NAME, ExportDir  # noqa: E402
-from hpcm.export.onnx_export import FORBIDDEN_OPS, export_model, graph_specs  # noqa: E402
+from hpcm.export.graph_checks import FORBIDDEN_OPS  # noqa: E402
+from hpcm.export.onnx_export import export_model  # noqa: E402
+from hpcm.export.tracing import graph_specs  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
 from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner, cpu_session  # noqa: E402
 

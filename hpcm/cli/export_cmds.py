@@ -8,7 +8,6 @@ from typing import Optional
 import click
 
 from hpcm.config import DEFAULT_SEED
-from hpcm.log import LOG
 
 from .framework import ProjectCommand
 from .options import checkpoint_option, size_options, variant_option
@@ -48,17 +47,12 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
     """Export a model to an export folder: the codec's ONNX graphs (analysis, hyper synthesis, the ten
     steps, the two context fusions, synthesis) with dynamic batch/height/width, their shared weights, the
     codec's tables, and manifest.json. The folder alone is enough to encode and decode."""
-    from hpcm.export.onnx_export import default_wkv_route, export_model
+    from hpcm.export.onnx_export import export_model
     from hpcm.models.graphs import CODEC_GRAPHS
     from hpcm.runtime.session import CodecRequest, resolve
 
     source = resolve(CodecRequest(checkpoint=checkpoint, variant=variant, seed=seed), need_model=True)
     model, provenance = source.model, source.provenance
-    if wkv is None:
-        wkv = default_wkv_route(model)
-        if wkv != "custom":
-            LOG.info(f"{model.spec.name} computes the Bi-WKV in the {model.spec.wkv} mode: exporting it as standard "
-                     f"ONNX ops (--wkv {wkv})")
     names = list(graphs or CODEC_GRAPHS)
     if with_forward and "forward" not in names:
         names.append("forward")
