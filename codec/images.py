@@ -13,6 +13,7 @@ whose pixel data is cut short are refused instead of being coded with missing ro
 from __future__ import annotations
 
 import contextlib
+import math
 import struct
 import warnings
 import zlib
@@ -191,6 +192,17 @@ def load_image(path: Path, max_pixels: Optional[int] = None) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, rounding as every decoder output is rounded."""
     return (x[0].detach().cpu().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] -> the same in 0..255 levels (float64), as every decoder output is rounded."""
+    return (x.detach().to(torch.float64).cpu().clamp(0.0, 1.0) * 255.0).round()
+
+
+def psnr_rgb8(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """PSNR in dB of ``x_hat`` against ``x`` on 8-bit RGB (CompressAI's ``psnr-rgb``); inf for identical images."""
+    mse = float(((to_8bit(x) - to_8bit(x_hat)) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def save_png(x: torch.Tensor, path: Path, inputs: Iterable[Optional[Path]] = ()) -> None:

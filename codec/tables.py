@@ -15,9 +15,9 @@ from typing import Mapping, Optional, Union
 import numpy as np
 import torch
 
+from hpcm.digests import hash_tensors
 from hpcm.errors import EntropyTableError
 from hpcm.models.cdf_tables import TABLE_NAMES
-from hpcm.models.checkpoint import hash_tensors
 
 from .rans import CdfTables
 

@@ -16,7 +16,6 @@ into rate points, ``evaluate_images`` measures them on a folder and writes the r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Optional, Protocol, Sequence
@@ -25,14 +24,15 @@ import torch
 
 from hpcm.codec import Codec, pad_image
 from hpcm.codec.codec import deterministic_precision
-from hpcm.codec.images import image_files, load_image, synthetic_images, to_uint8
+from hpcm.codec.images import image_files, load_image, psnr_rgb8, synthetic_images, to_8bit, to_uint8
+from hpcm.digests import file_sha256
 from hpcm.errors import ConfigError, HPCMError, ImageError
 from hpcm.files import check_output
 from hpcm.log import LOG
 from hpcm.runtime.session import CodecRequest, check_backend, open_codec, resolve, untrained
 
 from .classical import CLASSICAL_CODECS, ClassicalCodec, from_uint8_image
-from .metrics import ms_ssim_rgb8, psnr_rgb8, to_8bit
+from .metrics import ms_ssim_rgb8
 from .results import RowJournal, result_document, row_paths, write_csv, write_json
 from .timing import stopwatch
 
@@ -117,15 +117,6 @@ def learned_point(key: str, label: str, request: CodecRequest, compare_forward: 
             yield LearnedCoder(session.codec, compare_forward)
 
     return RatePoint(key, label, opener)
-
-
-def file_digest(path: Path) -> str:
-    """Short SHA-256 of a file's content: a checkpoint's identity in the journal."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) -> dict:
@@ -234,7 +225,7 @@ def learned_plan(checkpoints: Sequence[Path], exports: Sequence[Path], variant: 
     points = []
     for path in checkpoints:
         request = CodecRequest(checkpoint=path, variant=variant, backend=backend, device=device)
-        points.append(learned_point(f"checkpoint-{file_digest(path)}", path.name, request, forward_check))
+        points.append(learned_point(f"checkpoint-{file_sha256(path)[:16]}", path.name, request, forward_check))
     for path in exports:
         export = resolve(CodecRequest(export=path), need_model=False)
         request = CodecRequest(export=export.export, backend=backend, device=device)

@@ -1,7 +1,8 @@
 """Image quality as CompressAI's evaluation computes it: on 8-bit RGB (values rounded to 0..255).
 
-PSNR over all pixels and the three channels; MS-SSIM with ``pytorch-msssim`` (5 scales, 11x11
-Gaussian window, data range 255), which needs both sides larger than 160 px.
+MS-SSIM with ``pytorch-msssim`` (5 scales, 11x11 Gaussian window, data range 255), which needs both
+sides larger than 160 px; PSNR over all pixels and the three channels is the codec's own
+(``hpcm.codec.images.psnr_rgb8``: ``hpcm encode``/``decode`` print it too).
 """
 
 from __future__ import annotations
@@ -11,19 +12,10 @@ from typing import Optional
 
 import torch
 
+from hpcm.codec.images import to_8bit
+
 # pytorch-msssim's 5 scales of an 11-px window need (11 - 1) * 2**4 < min(H, W).
 MS_SSIM_MIN_SIDE = 161
-
-
-def to_8bit(x: torch.Tensor) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1] -> the same in 0..255 levels (float64), as every decoder output is rounded."""
-    return (x.detach().to(torch.float64).cpu().clamp(0.0, 1.0) * 255.0).round()
-
-
-def psnr_rgb8(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """PSNR in dB of ``x_hat`` against ``x`` on 8-bit RGB; inf for identical images."""
-    mse = float(((to_8bit(x) - to_8bit(x_hat)) ** 2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def ms_ssim_rgb8(x: torch.Tensor, x_hat: torch.Tensor) -> Optional[float]:

@@ -17,7 +17,6 @@ This module imports neither the exporter nor any runner, so runners can open fol
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from hpcm.codec import CodecParameters, EntropyTables
+from hpcm.digests import file_sha256
 from hpcm.errors import ArtifactError, HPCMError
 from hpcm.models.graphs import GRAPHS, step_graph_name
 from hpcm.models.progressive import SCALES, STEPS
@@ -45,15 +45,6 @@ WEIGHTS_NAME = "weights.bin"
 MEANS_HYPER = "means_hyper"
 PRECISIONS = ("fp32", "fp16")
 WKV_ROUTES = ("custom", "decomposed")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (weights files are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def schedule_record() -> list[dict]:
@@ -285,10 +276,6 @@ class ExportDir:
 
     def graph_path(self, name: str) -> Path:
         return self.path / self.graph(name).file.file
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path / self.manifest.weights_file.file
 
     @cached_property
     def codec_parameters(self) -> CodecParameters:

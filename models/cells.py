@@ -85,9 +85,6 @@ class OmniShift(nn.Module):
         return F.conv2d(x, self.fused_weight(), padding=2, groups=x.shape[1])
 
 
-WKV_FORMS = ("op", "closed_form")
-
-
 class SpatialMix(nn.Module):
     """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens.
 

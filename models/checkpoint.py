@@ -16,10 +16,11 @@ import json
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Optional, Union
 
 import torch
 
+from hpcm.digests import hash_tensors
 from hpcm.errors import CheckpointError, VariantError
 from hpcm.files import atomic_output
 from hpcm.log import LOG
@@ -34,15 +35,6 @@ FORMAT = "hpcm-rwkv-checkpoint"
 FORMAT_VERSION = 2  # 2: tensors_sha256, the digest of the spec and every tensor
 DIGEST_KEY = "tensors_sha256"
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-def hash_tensors(digest: "hashlib._Hash", items: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Feed named tensors to ``digest``: name, dtype, shape and bytes of each, in the order given (the
-    one tensor-hashing scheme: checkpoints here, the bitstream's weights and tables digests in the codec)."""
-    for name, tensor in items:
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def content_digest(variant: dict, state_dict: dict) -> str:

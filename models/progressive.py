@@ -117,13 +117,6 @@ class ProgressiveSchedule:
         s = STEPS[step]
         return (self.layout.s1_masks, self.layout.s2_masks, self.layout.s3_masks)[s.scale][s.part]
 
-    def at_scale(self, y: torch.Tensor, scale: int) -> torch.Tensor:
-        """y (full resolution) re-arranged to scale 0 (s1), 1 (s2) or 2 (s3)."""
-        if scale == 2:
-            return y
-        y_s2 = self.layout.full_to_s2.apply(y)
-        return y_s2 if scale == 1 else self.layout.s2_to_s1.apply(y_s2)
-
     def all_scales(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """y at s1, s2 and s3, moving it once."""
         y_s2 = self.layout.full_to_s2.apply(y)

@@ -11,7 +11,6 @@ Three levels, each on real images (Kodak when present, else synthetic):
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from hpcm.codec import BackendMismatchWarning, Codec, pad_image
+from hpcm.codec.images import psnr_rgb8
 from hpcm.errors import BitstreamError
 from hpcm.log import LOG
 
@@ -72,19 +72,12 @@ def reference_run(reference: Codec, x: torch.Tensor, with_forward: bool
     return recorder.calls, data, decoded
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = (a.clamp(0, 1) * 255).round()
-    b = (b.clamp(0, 1) * 255).round()
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 def _decode(codec: Codec, data: bytes, original: torch.Tensor) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BackendMismatchWarning)
             x_hat = codec.decompress(data).x_hat
-        return {"ok": True, "psnr": _psnr(original, x_hat)}
+        return {"ok": True, "psnr": psnr_rgb8(original, x_hat)}
     except (BitstreamError, RuntimeError, ValueError) as exc:
         return {"ok": False, "error": str(exc)}
 

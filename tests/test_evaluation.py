@@ -17,10 +17,11 @@ from PIL import Image
 
 from hpcm import config
 from hpcm.cli import main
+from hpcm.codec.images import psnr_rgb8
 from hpcm.errors import OutputError
 from hpcm.evaluation.bd import Curve, anchor_curves, bd_quality, bd_rate, bd_table, markdown_table, read_curve
 from hpcm.evaluation.classical import CLASSICAL_CODECS, ClassicalCodec, CodecUnavailableError
-from hpcm.evaluation.metrics import ms_ssim_rgb8, psnr_rgb8
+from hpcm.evaluation.metrics import ms_ssim_rgb8
 from hpcm.evaluation.results import RESULT_METRICS, RowJournal
 
 ANCHORS = config.default_anchor_folder()

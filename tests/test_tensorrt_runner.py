@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from hpcm.errors import ArtifactError, RunnerError
 from hpcm.export.artifact import Profile
-from hpcm.runtime.runners.tensorrt import engine_cache_key, engine_precision, find_plugin_library, import_tensorrt
+from hpcm.plugins.biwkv.trt import find_plugin_library
+from hpcm.runtime.runners.tensorrt import engine_cache_key, engine_precision, import_tensorrt
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 

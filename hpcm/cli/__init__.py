@@ -1,20 +1,20 @@
 """``hpcm`` command line: model tools, codec, export and deployment commands.
 
-Each command module lists its click commands in ``commands``; heavy imports stay inside the
-commands so that ``hpcm --help`` is instant (as in Polygraphy). Every project error
-(``hpcm.errors.HPCMError``) is reported here, once, as one line; anything else keeps its traceback.
+The commands are registered below, by name; heavy imports stay inside the commands so that
+``hpcm --help`` is instant (as in Polygraphy). Every project error (``hpcm.errors.HPCMError``) is
+reported here, once, as one line; anything else keeps its traceback.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
+from .codec_cmds import decode, encode, inspect_cmd, mismatch
+from .deploy_cmds import build, check
+from .eval_cmds import bench, eval_cmd, plot
+from .export_cmds import export
 from .framework import ProjectGroup
-
-COMMAND_MODULES = ("hpcm.cli.model_cmds", "hpcm.cli.codec_cmds", "hpcm.cli.export_cmds", "hpcm.cli.deploy_cmds",
-                   "hpcm.cli.eval_cmds")
+from .model_cmds import convert, info, train
 
 
 @click.group(cls=ProjectGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +30,6 @@ def main() -> None:
     """
 
 
-for _name in COMMAND_MODULES:
-    for _command in importlib.import_module(_name).commands:
-        main.add_command(_command)
+for _command in (info, convert, train, encode, decode, inspect_cmd, mismatch, export, check, build, eval_cmd, plot,
+                 bench):
+    main.add_command(_command)

@@ -57,8 +57,7 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
     of the encoder's own reconstruction (one synthesis pass after encoding, not timed), which is the
     image a decoder produces."""
     from hpcm.codec.codec import padded_size
-    from hpcm.codec.images import check_pixel_count, load_image
-    from hpcm.evaluation.metrics import psnr_rgb8
+    from hpcm.codec.images import check_pixel_count, load_image, psnr_rgb8
     from hpcm.files import atomic_output, check_output
     from hpcm.runtime.session import CodecRequest, open_codec
 
@@ -101,9 +100,8 @@ def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir
     Without --checkpoint or --export, the stream must come from the seeded untrained model of a
     built-in variant (the default of `hpcm encode`)."""
     from hpcm.codec.bitstream import read_file
-    from hpcm.codec.images import load_image, save_png
+    from hpcm.codec.images import load_image, psnr_rgb8, save_png
     from hpcm.errors import ImageError
-    from hpcm.evaluation.metrics import psnr_rgb8
     from hpcm.files import check_output
     from hpcm.runtime.session import CodecRequest, open_codec
 
@@ -182,5 +180,3 @@ def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Opt
             tmp.write_text(text)
         click.echo(f"wrote {output}")
 
-
-commands = [encode, decode, inspect_cmd, mismatch]

@@ -99,5 +99,3 @@ def build(export_dir: Path, precision: Optional[str], min_size, opt_size, max_si
     for path in runner.build_all():
         click.echo(f"engine {path}")
 
-
-commands = [build, check]

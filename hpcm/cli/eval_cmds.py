@@ -152,5 +152,3 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str
     click.echo(run_bench(plan, files, macs=macs))
     click.echo(f"wrote {files.json}, {files.markdown}, {files.figure}")
 
-
-commands = [eval_cmd, plot, bench]

@@ -67,5 +67,3 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
 
 export_main = export
 """Entry point of the ``hpcm-export`` console script."""
-
-commands = [export]

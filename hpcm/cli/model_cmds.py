@@ -102,5 +102,3 @@ def train(images: Path, variant: str, checkpoint: Path | None, output: Path, ste
     save_checkpoint(model.cpu(), output, inputs=inputs)
     click.echo(f"wrote {output}")
 
-
-commands = [info, convert, train]

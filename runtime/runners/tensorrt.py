@@ -17,14 +17,14 @@ from typing import Optional, Sequence
 import torch
 
 from hpcm import config
+from hpcm.digests import file_sha256
 from hpcm.errors import RunnerError
+from hpcm.export.artifact import PRECISIONS, ExportDir, Profile
 from hpcm.log import LOG
-from hpcm.export.artifact import PRECISIONS, ExportDir, Profile, file_sha256
 from hpcm.plugins.biwkv.contract import CONTRACT
+from hpcm.plugins.biwkv.trt import find_plugin_library
 
 from .base import ExportRunner
-
-PLUGIN_LIBRARY_NAME = "libhpcm_biwkv_trt_plugin.so"
 
 
 def import_tensorrt():  # noqa: ANN201 - the tensorrt module
@@ -37,23 +37,6 @@ def import_tensorrt():  # noqa: ANN201 - the tensorrt module
             f"a CUDA GPU; the ONNX Runtime backend needs neither ({exc})"
         ) from exc
     return tensorrt
-
-
-def find_plugin_library(explicit: Optional[Path] = None) -> Path:
-    """The plugin library: explicit path, else $HPCM_BIWKV_PLUGIN, else build/ of the source tree."""
-    candidates = [explicit] if explicit else []
-    if config.plugin_library():
-        candidates.append(config.plugin_library())
-    candidates += [folder / PLUGIN_LIBRARY_NAME for folder in config.plugin_build_dirs()]
-    for path in candidates:
-        if path is not None and path.is_file():
-            return path
-    tried = ", ".join(str(p) for p in candidates if p is not None)
-    raise RunnerError(
-        f"the {CONTRACT.op_type} TensorRT plugin library was not found (tried {tried}). Build it with "
-        "`cmake -S plugins -B build -DTENSORRT_ROOT=<TensorRT with include/> && cmake --build build` "
-        f"or point $HPCM_BIWKV_PLUGIN at {PLUGIN_LIBRARY_NAME}"
-    )
 
 
 def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, capability: Sequence[int],
