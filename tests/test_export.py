@@ -195,34 +195,6 @@ def test_forward_needs_two_tiles(tmp_path, phase2):
         export_model(phase2, tmp_path, wkv="decomposed", size=SIZE, graphs=["forward"])
 
 
-@pytest.mark.slow
-def test_decomposed_forward_matches_eager(tmp_path, phase2):
-    """Whole forward (decomposed WKV) on ORT vs eager PyTorch, at 128x128 and at 256x128 with batch 2.
-
-    Exporting the forward takes 6-9 minutes on 2 cores (256x256 sample); HPCM_SKIP_SLOW_EXPORT=1 skips it
-    for quick local runs, and HPCM_FORWARD_ONNX reuses an existing export
-    (``hpcm-export --wkv decomposed --graph forward``).
-    """
-    import os
-
-    path = os.environ.get("HPCM_FORWARD_ONNX")
-    if not path:
-        if os.environ.get("HPCM_SKIP_SLOW_EXPORT") == "1":
-            pytest.skip("HPCM_SKIP_SLOW_EXPORT=1: the forward export takes 6-9 min on 2 cores")
-        export_model(phase2, tmp_path, wkv="decomposed", size=(256, 256), graphs=["forward"])
-        path = tmp_path / "forward.onnx"
-    session = _session(path)
-    for size, batch in ((SIZE, 1), (OTHER_SIZE[::-1], 2)):
-        x = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            expected = phase2(x, training=False)
-        x_hat, y_lik, z_lik = session.run(None, {"x": x.numpy()})
-        assert x_hat.shape == tuple(expected["x_hat"].shape)
-        assert np.abs(x_hat - expected["x_hat"].numpy()).max() <= 1e-4
-        assert np.abs(y_lik - expected["likelihoods"]["y"].numpy()).max() <= 1e-5
-        assert np.abs(z_lik - expected["likelihoods"]["z"].numpy()).max() <= 1e-5
-
-
 @pytest.mark.parametrize("variant", ["baseline", "phase1", "phase2", "phase3", "phase4"])
 def test_every_variant_exports_and_matches_eager_at_two_sizes(tmp_path, variant):
     """One s3 step graph per variant (cross-attention, RWKV cell, RWKV prior) and the s2->s3
