@@ -30,7 +30,8 @@ def max_abs_decay(model: HPCM) -> float:
 
 
 def default_wkv_route(model: HPCM) -> str:
-    """``custom`` where the model's Bi-WKV mode has the custom node, kernel and plugins, else ``decomposed``."""
+    """``custom`` where the model's Bi-WKV mode has the custom node, kernel and plugins (every mode of the
+    contract), else ``decomposed``."""
     return "custom" if WKV_MODES[model.spec.wkv].custom_node else "decomposed"
 
 
@@ -38,8 +39,9 @@ def check_wkv_route(model: HPCM, wkv: str) -> None:
     mode = WKV_MODES[model.spec.wkv]
     if wkv == "custom" and not mode.custom_node:
         raise ExportError(
-            f"{model.spec.name} computes the Bi-WKV in the {mode.name} mode ({mode.doc}); that mode has no custom "
-            f"node, CUDA kernel or TensorRT plugin: export it with --wkv decomposed (standard ONNX ops)"
+            f"{model.spec.name} computes the Bi-WKV in the {mode.name} mode ({mode.doc}), which the contract's "
+            f"op does not list among its modes ({', '.join(CONTRACT.modes)}): export it with --wkv decomposed "
+            f"(standard ONNX ops)"
         )
 
 
@@ -90,8 +92,10 @@ def _all_nodes(model) -> Iterable:
         yield from function.node
 
 
-def check_graph(path: Path, route: str, expected_wkv: Optional[int] = None) -> dict:
-    """checker + shape inference + custom-node contract checks; returns a summary for the manifest."""
+def check_graph(path: Path, route: str, expected_wkv: Optional[int] = None,
+                mode: str = CONTRACT.default_mode) -> dict:
+    """checker + shape inference + custom-node contract checks (each node computing ``mode``); returns a
+    summary for the manifest."""
     import onnx
 
     model = onnx.load(str(path))
@@ -110,7 +114,7 @@ def check_graph(path: Path, route: str, expected_wkv: Optional[int] = None) -> d
         attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
         if node.domain != CONTRACT.domain:
             raise ExportError(f"{path.name}: {node.name} has domain {node.domain!r}, contract says {CONTRACT.domain!r}")
-        for key, value in CONTRACT.onnx_attributes.items():
+        for key, value in CONTRACT.node_attributes(mode).items():
             if attrs.get(key) != value:
                 raise ExportError(f"{path.name}: {node.name} attribute {key}={attrs.get(key)!r}, expected {value!r}")
         if len(node.input) != len(CONTRACT.inputs) or len(node.output) != len(CONTRACT.outputs):

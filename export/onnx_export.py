@@ -106,7 +106,7 @@ def _export_one(job: _Export, spec: GraphSpec, path: Path, shared: SharedWeights
     start = time.perf_counter()
     expected = _trace(job, spec, path)
     weights_sha256 = shared.externalize(path)
-    summary = check_graph(path, job.wkv, expected)
+    summary = check_graph(path, job.wkv, expected, job.traced.spec.wkv)
     error, rounding = _precision_errors(job, spec)
     return GraphRecord(
         file=FileRecord.of(path), weights_sha256=weights_sha256, inputs=summary["inputs"],

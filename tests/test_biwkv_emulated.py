@@ -2,8 +2,8 @@
 
 The unchanged kernel source and ``biwkv_kernel_test.cpp`` are compiled for the CPU against the SIMT
 emulation in ``tests/cuda_emulation`` (one std::thread per CUDA thread, real barriers and warp
-shuffles), so the tiling, the block and warp scans, the multi-tile prefix pass and the float16 path
-are checked against the self-test's float64 reference in CI. AddressSanitizer stands in for
+shuffles), so the tiling, the block and warp scans, the multi-tile prefix pass, the float16 path and
+the vrwkv mode's segmented scan are checked against the self-test's float64 references in CI. AddressSanitizer stands in for
 compute-sanitizer's memcheck, ThreadSanitizer for its racecheck; the mutation tests show that each
 of them catches the bug it is here for. With TensorRT's headers (env TENSORRT_ROOT), the plugin is
 compiled too and driven as TensorRT drives it, down to enqueue on the emulated kernel. Float rounding of the GPU's own expf and the kernel's speed
@@ -42,8 +42,10 @@ def _assert_all_passed(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, report
     assert "ALL PASSED" in result.stdout, report
     assert "FAIL" not in result.stdout, report
-    # Argument checks, 18 shapes and the CUDA-graph replay.
-    assert result.stdout.count("PASS ") == 20, report
+    # Argument checks, 18 shapes per mode and a CUDA-graph replay per mode.
+    assert result.stdout.count("PASS ") == 39, report
+    for mode in CONTRACT.modes:
+        assert result.stdout.count(f"PASS {mode} ") == 19, (mode, report)
 
 
 def _mutated_kernel(original: str, replacement: str, after: str | None = None) -> str:
@@ -104,10 +106,15 @@ def test_thread_sanitizer_reports_a_missing_barrier(tmp_path):
 @pytest.mark.skipif(not os.environ.get("TENSORRT_ROOT"),
                     reason="set TENSORRT_ROOT to a directory whose include/ holds the TensorRT headers (NVIDIA/TensorRT include/)")
 def test_tensorrt_plugin_runs_on_the_emulated_kernel(tmp_path):
-    identity = {"NAME": CONTRACT.op_type, "VERSION": CONTRACT.plugin_version, "NAMESPACE": CONTRACT.plugin_namespace}
-    harness = build_plugin_harness(tmp_path, Path(os.environ["TENSORRT_ROOT"]) / "include", identity)
-    result = _run(harness, *identity.values())
+    harness = build_plugin_harness(tmp_path, Path(os.environ["TENSORRT_ROOT"]) / "include",
+                                   CONTRACT.compile_definitions())
+    result = _run(harness, CONTRACT.op_type, CONTRACT.plugin_version, CONTRACT.plugin_namespace,
+                  *CONTRACT.earlier_plugin_versions)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     assert "ALL PASSED" in result.stdout and "FAIL" not in result.stdout, report
-    assert result.stdout.count("PASS enqueue B=") == 4, report
+    # Both modes at two shapes in float32 and float16 (the vrwkv plugin rebuilt from its serialised
+    # field), and each earlier version's plugin once.
+    assert result.stdout.count("PASS enqueue vrwkv ") == 4, report
+    assert result.stdout.count("PASS enqueue exact ") == 4 + len(CONTRACT.earlier_plugin_versions), report
+    assert "serialises its mode: mode=vrwkv" in result.stdout, report

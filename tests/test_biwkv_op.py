@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from hpcm.plugins.biwkv import CONTRACT, biwkv, biwkv_closed_form, biwkv_direct, biwkv_scan, exponent_spread
+from hpcm.plugins.biwkv import (CONTRACT, WKV_MODES, biwkv, biwkv_closed_form, biwkv_direct, biwkv_scan,
+                                exponent_spread)
 from hpcm.plugins.biwkv.op import CLOSED_FORM_SPREAD_LIMIT
 
 
@@ -78,15 +79,17 @@ def test_float16_inputs_accumulate_in_float32():
     assert (y.double() - ref).abs().max().item() <= 2e-3
 
 
-def test_opcheck():
-    w, u, k, v = _inputs(2, 3, 7)
-    result = torch.library.opcheck(torch.ops.hpcm.biwkv.default, (w, u, k, v))
+@pytest.mark.parametrize("mode", CONTRACT.modes)
+def test_opcheck(mode):
+    w, u, k, v = _inputs(2, 3, 40)
+    result = torch.library.opcheck(torch.ops.hpcm.biwkv.default, (w, u, k, v, mode))
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_gradcheck_small():
-    w, u, k, v = (t.double().requires_grad_() for t in _inputs(1, 3, 6, decay_scale=2.0, k_scale=1.0))
-    assert torch.autograd.gradcheck(biwkv, (w, u, k, v))
+@pytest.mark.parametrize("mode", CONTRACT.modes)
+def test_gradcheck_small(mode):
+    w, u, k, v = (t.double().requires_grad_() for t in _inputs(1, 3, 40, decay_scale=2.0, k_scale=1.0))
+    assert torch.autograd.gradcheck(lambda *tensors: biwkv(*tensors, mode=mode), (w, u, k, v))
 
 
 def test_bad_shapes_raise():
@@ -95,6 +98,8 @@ def test_bad_shapes_raise():
         biwkv(w, u, k[0], v[0])
     with pytest.raises(ValueError, match=r"\(4,\)"):
         biwkv(w[:3], u, k, v)
+    with pytest.raises(ValueError, match="no mode 'chunky'.*exact, vrwkv"):
+        biwkv(w, u, k, v, mode="chunky")
 
 
 def test_contract_is_single_source():
@@ -102,4 +107,17 @@ def test_contract_is_single_source():
     assert CONTRACT.input_names == ("w", "u", "k", "v")
     assert CONTRACT.layout == "BCT"
     assert hasattr(torch.ops.hpcm, "biwkv")
-    assert set(CONTRACT.onnx_attributes) == {"plugin_version", "plugin_namespace"}
+    assert CONTRACT.modes == ("exact", "vrwkv") and CONTRACT.default_mode == "exact"
+    assert CONTRACT.node_attributes("vrwkv") == {"plugin_version": CONTRACT.plugin_version,
+                                                 "plugin_namespace": CONTRACT.plugin_namespace, "mode": "vrwkv"}
+    assert CONTRACT.plugin_version not in CONTRACT.earlier_plugin_versions
+
+
+@pytest.mark.parametrize("mode", CONTRACT.modes)
+def test_op_computes_each_mode(mode):
+    """The one op in each mode: its float64 reference, and the mode's own guarded evaluation."""
+    w, u, k, v = _inputs(2, 5, 100, seed=7)
+    y = biwkv(w, u, k, v, mode)
+    assert (y.double() - WKV_MODES[mode].reference(w, u, k, v)).abs().max() <= 1e-5
+    assert torch.equal(y, WKV_MODES[mode].eager(w, u, k, v))
+    assert torch.equal(WKV_MODES[mode].evaluate(w, u, k, v), y)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpcm.plugins.biwkv import WKV_MODES, biwkv_scan, biwkv_vrwkv, biwkv_vrwkv_closed_form
+from hpcm.plugins.biwkv import CONTRACT, WKV_MODES, biwkv_scan, biwkv_vrwkv, biwkv_vrwkv_closed_form
 from hpcm.plugins.biwkv.reference import biwkv_vrwkv_direct, biwkv_vrwkv_scan
 
 TOKENS = (1, 2, 7, 32, 33, 64, 96, 100, 385)
@@ -79,6 +79,7 @@ def test_gradients_match_the_reference():
 
 
 def test_modes_table():
-    assert set(WKV_MODES) == {"exact", "vrwkv"}
-    assert WKV_MODES["exact"].custom_node and not WKV_MODES["vrwkv"].custom_node
-    assert WKV_MODES["vrwkv"].reference is biwkv_vrwkv_scan
+    """Every mode is a mode of the contract's op (its custom node, kernel and plugins)."""
+    assert tuple(WKV_MODES) == CONTRACT.modes
+    assert all(mode.custom_node for mode in WKV_MODES.values())
+    assert WKV_MODES["vrwkv"].reference is biwkv_vrwkv_scan and WKV_MODES["vrwkv"].eager is biwkv_vrwkv

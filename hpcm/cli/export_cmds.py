@@ -19,9 +19,8 @@ from .options import checkpoint_option, size_options, variant_option
 @click.option("--output", "-o", "output", type=click.Path(path_type=Path), default=Path("onnx"), show_default=True,
               help="export folder to write (replaced whole if it is an earlier export; written transactionally)")
 @click.option("--wkv", type=click.Choice(["custom", "decomposed"]), default=None,
-              help="custom: one plugin node per Bi-WKV call (TensorRT, native ORT op); decomposed: standard ONNX "
-                   "ops only (default: custom, or decomposed for the vrwkv Bi-WKV mode of fork checkpoints, "
-                   "which has no custom node)")
+              help="custom: one plugin node per Bi-WKV call, carrying the model's Bi-WKV mode (TensorRT, native "
+                   "ORT op); decomposed: standard ONNX ops only (default: custom, for every mode)")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="compute dtype inside the graphs (inputs and outputs stay float32). fp16 keeps the WKV "
                    "accumulation, decay/boost and the likelihoods in float32; its scale indexes differ from "

@@ -1,8 +1,17 @@
 // CPU Bi-WKV; the scan state is the one of biwkv_kernel.cu (see README.md, "Parallelisation"):
 // exp(m) * (num, den) is the weighted sum of (v, 1) over the tokens seen, m the largest exponent,
-// so nothing overflows whatever the decay. One row is O(T) with five exp per token.
+// so nothing overflows whatever the decay. One row is O(T) with five exp per token (eight in vrwkv).
 // The state is double: a sequential float32 scan drifts with T (measured 2.9e-5 max abs error at
 // T = 34,560 against the float64 reference, 1e-8 with double), and on a CPU double costs little more.
+//
+// The vrwkv mode in the terms of these scans (README.md, "The vrwkv mode"): for t in the chunk that
+// starts at s,
+//   past_t    = exp(-w) * P_s seen from t, plus the tokens s..t-1 as the exact scan weighs them
+//   future_t  = exp(-w) * F_t
+//   restart_t = (1 - exp(w)) * sum_{s<n<=t} exp((t-n) w) exp(k_n) (v_n, 1)
+// with P and F the exact scans' states (tokens before and after t), so y_t = (past + future +
+// exp(u + k_t) v_t + restart) / (the same with 1 for v). Only restart has a signed coefficient, as in
+// the formula itself; no part is a difference of sums.
 
 #include "biwkv_cpu.h"
 
@@ -37,14 +46,24 @@ inline Scan push(Scan s, double k, double v, double w)
     return Scan{keep ? decayed : k, a * s.num + b * v, a * s.den + b};
 }
 
-// y_t from the runs before and after t and the bonus term exp(u + k_t) v_t.
-inline float mix(Scan const& past, Scan const& future, double diagonal, double v)
+// y_t from the runs before and after t, the bonus term exp(u + k_t) v_t and, in vrwkv, the chunk
+// restart's leftover `restart` times its (signed) coefficient.
+inline float mix(Scan const& past, Scan const& future, double diagonal, double v, Scan const& restart = kEmpty,
+    double restartCoefficient = 0.0)
 {
-    double const top = std::max(std::max(past.m, future.m), diagonal);
+    double const top = std::max(std::max(past.m, future.m), std::max(diagonal, restart.m));
     double const a = std::exp(past.m - top);
     double const b = std::exp(future.m - top);
     double const c = std::exp(diagonal - top);
-    return static_cast<float>((a * past.num + b * future.num + c * v) / (a * past.den + b * future.den + c));
+    double const r = restartCoefficient * std::exp(restart.m - top);
+    return static_cast<float>((a * past.num + b * future.num + c * v + r * restart.num)
+        / (a * past.den + b * future.den + c + r * restart.den));
+}
+
+// The same run seen one decay step further away.
+inline Scan shifted(Scan s, double w)
+{
+    return Scan{s.m - w, s.num, s.den};
 }
 
 float halfToFloat(uint16_t h)
@@ -124,7 +143,7 @@ inline void store(uint16_t* p, float x)
 }
 
 template <typename Elem>
-void rows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T,
+void exactRows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T,
     int64_t first, int64_t last)
 {
     std::vector<Scan> past(static_cast<size_t>(T));
@@ -155,10 +174,73 @@ void rows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y,
 }
 
 template <typename Elem>
-int forward(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t B, int64_t C,
-    int64_t T, int threads)
+void vrwkvRows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T,
+    int64_t first, int64_t last)
 {
-    if (B < 0 || C < 0 || T < 1)
+    int64_t const chunk = (T + HPCM_BIWKV_VRWKV_CHUNKS - 1) / HPCM_BIWKV_VRWKV_CHUNKS;
+    std::vector<Scan> past(static_cast<size_t>(T));
+    std::vector<Scan> restarts(static_cast<size_t>(T));
+    std::vector<float> keys(static_cast<size_t>(T));
+    std::vector<float> values(static_cast<size_t>(T));
+    for (int64_t row = first; row < last; ++row)
+    {
+        double const wc = w[row % C];
+        double const uc = u[row % C];
+        double const restartCoefficient = -std::expm1(wc);
+        Elem const* kRow = k + row * T;
+        Elem const* vRow = v + row * T;
+        Elem* yRow = y + row * T;
+        Scan exact = kEmpty;   // every token before t, weighed as the exact formula does
+        Scan chunked = kEmpty; // past_t
+        Scan restart = kEmpty; // tokens s+1..t, weighed exp((t-n) w): a scan with decay -w
+        for (int64_t t = 0; t < T; ++t)
+        {
+            keys[t] = load(kRow[t]);
+            values[t] = load(vRow[t]);
+            bool const start = t % chunk == 0;
+            if (start)
+            {
+                chunked = shifted(exact, wc);
+                restart = kEmpty;
+            }
+            else
+            {
+                restart = push(restart, keys[t], values[t], -wc);
+            }
+            past[t] = chunked;
+            restarts[t] = restart;
+            exact = push(exact, keys[t], values[t], wc);
+            chunked = push(chunked, keys[t], values[t], wc);
+        }
+        Scan backward = kEmpty;
+        for (int64_t t = T - 1; t >= 0; --t)
+        {
+            store(yRow + t,
+                mix(past[t], shifted(backward, wc), uc + keys[t], values[t], restarts[t], restartCoefficient));
+            backward = push(backward, keys[t], values[t], wc);
+        }
+    }
+}
+
+template <typename Elem>
+void rows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T, int32_t mode,
+    int64_t first, int64_t last)
+{
+    if (mode == HPCM_BIWKV_MODE_VRWKV)
+    {
+        vrwkvRows(w, u, k, v, y, C, T, first, last);
+    }
+    else
+    {
+        exactRows(w, u, k, v, y, C, T, first, last);
+    }
+}
+
+template <typename Elem>
+int forward(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t B, int64_t C,
+    int64_t T, int32_t mode, int threads)
+{
+    if (B < 0 || C < 0 || T < 1 || mode < 0 || mode >= HPCM_BIWKV_MODE_COUNT)
     {
         return -1;
     }
@@ -177,7 +259,7 @@ int forward(float const* w, float const* u, Elem const* k, Elem const* v, Elem* 
     workers = std::min(workers, total);
     if (workers == 1)
     {
-        rows(w, u, k, v, y, C, T, 0, total);
+        rows(w, u, k, v, y, C, T, mode, 0, total);
         return 0;
     }
     std::vector<std::thread> pool;
@@ -186,7 +268,7 @@ int forward(float const* w, float const* u, Elem const* k, Elem const* v, Elem* 
     {
         int64_t const first = total * i / workers;
         int64_t const last = total * (i + 1) / workers;
-        pool.emplace_back([=] { rows(w, u, k, v, y, C, T, first, last); });
+        pool.emplace_back([=] { rows(w, u, k, v, y, C, T, mode, first, last); });
     }
     for (std::thread& worker : pool)
     {
@@ -198,13 +280,13 @@ int forward(float const* w, float const* u, Elem const* k, Elem const* v, Elem* 
 } // namespace
 
 extern "C" int hpcm_biwkv_cpu_f32(float const* w, float const* u, float const* k, float const* v, float* y,
-    int64_t B, int64_t C, int64_t T, int threads)
+    int64_t B, int64_t C, int64_t T, int32_t mode, int threads)
 {
-    return forward(w, u, k, v, y, B, C, T, threads);
+    return forward(w, u, k, v, y, B, C, T, mode, threads);
 }
 
 extern "C" int hpcm_biwkv_cpu_f16(float const* w, float const* u, uint16_t const* k, uint16_t const* v,
-    uint16_t* y, int64_t B, int64_t C, int64_t T, int threads)
+    uint16_t* y, int64_t B, int64_t C, int64_t T, int32_t mode, int threads)
 {
-    return forward(w, u, k, v, y, B, C, T, threads);
+    return forward(w, u, k, v, y, B, C, T, mode, threads);
 }

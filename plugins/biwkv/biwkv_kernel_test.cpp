@@ -1,5 +1,7 @@
-// Checks hpcm_biwkv_forward against a float64 CPU evaluation of the biwkv.md formula.
-// Needs a CUDA GPU. `--quick` runs only small shapes (for compute-sanitizer).
+// Checks hpcm_biwkv_forward against float64 CPU evaluations of both modes: the biwkv.md formula's
+// two-direction scan (exact) and the chunk-by-chunk recurrences of Vision-RWKV's kernel (vrwkv), each
+// as plugins/biwkv/reference.py writes it. Needs a CUDA GPU. `--quick` runs only small shapes (for
+// compute-sanitizer and the CPU emulation in tests/cuda_emulation).
 
 #include "biwkv_kernel.h"
 
@@ -37,11 +39,17 @@ struct Case
     int64_t C;
     int64_t T;
     HpcmBiwkvDtype dtype;
-    // w = decay / T as in the RWKV cells, or, when absolute, a positive w of order 0.1 per token:
-    // exponents then span thousands over a row, far beyond what a scan without rescaling survives.
-    // (A negative w of that size makes the exponents themselves large numbers whose float32 rounding
-    // alone exceeds the tolerance, so it is not a meaningful float32 check.)
-    bool absoluteDecay;
+    HpcmBiwkvMode mode;
+    // Inputs as in the RWKV cells (w = decay / T, keys in [-4, 4]) or, when wideRange, exponents that
+    // span far more than float32 holds, so that the rescaling of every scan state is exercised:
+    //  - exact: a positive w of order 0.1 per token; exponents then span thousands over a row. (A
+    //    negative w of that size makes the exponents themselves large numbers whose float32 rounding
+    //    alone exceeds the tolerance, so it is not a meaningful float32 check.)
+    //  - vrwkv: keys in [-45, 45] instead. Its weights inside a chunk turn negative and its denominator
+    //    nearly cancels once w * T / 32 grows past about 1, so a large w is ill-conditioned in any
+    //    precision (at w = 0.03 and T = 3,000 a float32 rounding of k moves y by 3e-4), not a test of the
+    //    kernel.
+    bool wideRange;
 };
 
 struct DirectionState
@@ -93,6 +101,90 @@ std::vector<double> reference(std::vector<float> const& w, std::vector<float> co
         {
             y[base + t] = combineAt(past[static_cast<size_t>(t)], f, uc + k[base + t], v[base + t]);
             step(f, wc, k[base + t], v[base + t]);
+        }
+    }
+    return y;
+}
+
+// The vrwkv mode as Vision-RWKV's kernel computes it, chunk by chunk (reference.py's biwkv_vrwkv_scan):
+// each chunk starts from its entering past and future sums, which lie one decay step further than the
+// exact formula's, and updates them token by token, the future one by subtracting.
+DirectionState shiftedState(DirectionState s, double logFactor)
+{
+    s.m += logFactor;
+    return s;
+}
+
+DirectionState merged(DirectionState const& a, DirectionState const& b)
+{
+    double const top = std::max(a.m, b.m);
+    if (std::isinf(top))
+    {
+        return a;
+    }
+    double const sa = std::isinf(a.m) ? 0.0 : std::exp(a.m - top);
+    double const sb = std::isinf(b.m) ? 0.0 : std::exp(b.m - top);
+    return DirectionState{top, sa * a.num + sb * b.num, sa * a.den + sb * b.den};
+}
+
+DirectionState withToken(DirectionState const& s, double k, double v, double sign)
+{
+    double const top = std::max(s.m, k);
+    double const old = std::isinf(s.m) ? 0.0 : std::exp(s.m - top);
+    double const added = sign * std::exp(k - top);
+    return DirectionState{top, old * s.num + added * v, old * s.den + added};
+}
+
+std::vector<double> vrwkvReference(std::vector<float> const& w, std::vector<float> const& u,
+    std::vector<double> const& k, std::vector<double> const& v, int64_t B, int64_t C, int64_t T)
+{
+    int64_t const length = (T + HPCM_BIWKV_VRWKV_CHUNKS - 1) / HPCM_BIWKV_VRWKV_CHUNKS;
+    std::vector<double> y(k.size());
+    for (int64_t row = 0; row < B * C; ++row)
+    {
+        double const wc = w[static_cast<size_t>(row % C)];
+        double const uc = u[static_cast<size_t>(row % C)];
+        double const* kr = k.data() + row * T;
+        double const* vr = v.data() + row * T;
+        std::vector<DirectionState> forward;  // per chunk: sum of exp(k_n - (n - s) w)
+        std::vector<DirectionState> backward; // per chunk: sum of exp(k_n - (end - n) w)
+        for (int64_t s = 0; s < T; s += length)
+        {
+            int64_t const end = std::min(s + length, T);
+            DirectionState f;
+            DirectionState b;
+            for (int64_t n = s; n < end; ++n)
+            {
+                f = withToken(f, kr[n] - static_cast<double>(n - s) * wc, vr[n], 1.0);
+                b = withToken(b, kr[n] - static_cast<double>(end - n) * wc, vr[n], 1.0);
+            }
+            forward.push_back(f);
+            backward.push_back(b);
+        }
+        int64_t const chunks = static_cast<int64_t>(forward.size());
+        for (int64_t j = 0; j < chunks; ++j)
+        {
+            int64_t const s = j * length;
+            DirectionState past;
+            for (int64_t i = 0; i < j; ++i)
+            {
+                past = merged(past, shiftedState(backward[i], -static_cast<double>((j - i - 1) * length) * wc));
+            }
+            DirectionState future;
+            for (int64_t i = j; i < chunks; ++i)
+            {
+                future = merged(future, shiftedState(forward[i], -static_cast<double>((i - j) * length) * wc));
+            }
+            future = withToken(future, kr[s], vr[s], -1.0);
+            for (int64_t t = s; t < std::min(s + length, T); ++t)
+            {
+                y[static_cast<size_t>(row * T + t)] = combineAt(past, future, uc + kr[t], vr[t]);
+                past = withToken(shiftedState(past, -wc), kr[t], vr[t], 1.0);
+                if (t + 1 < T)
+                {
+                    future = shiftedState(withToken(future, kr[t + 1], vr[t + 1], -1.0), wc);
+                }
+            }
         }
     }
     return y;
@@ -165,14 +257,17 @@ bool runCase(Case const& c, bool viaGraph, cudaStream_t stream, std::mt19937& rn
     size_t const n = static_cast<size_t>(c.B * c.C * c.T);
     std::uniform_real_distribution<double> decay(-3.0, 3.0);
     std::uniform_real_distribution<double> boost(-2.0, 2.0);
-    std::uniform_real_distribution<double> key(-4.0, 4.0);
+    bool const vrwkv = c.mode == HpcmBiwkvMode::kVrwkv;
+    bool const wideDecay = c.wideRange && !vrwkv;
+    double const keyRange = c.wideRange && vrwkv ? 45.0 : 4.0;
+    std::uniform_real_distribution<double> key(-keyRange, keyRange);
     std::uniform_real_distribution<double> value(-1.0, 1.0);
     std::vector<float> w(static_cast<size_t>(c.C));
     std::vector<float> u(static_cast<size_t>(c.C));
     for (int64_t ch = 0; ch < c.C; ++ch)
     {
         double const d = decay(rng);
-        w[static_cast<size_t>(ch)] = static_cast<float>(c.absoluteDecay ? 0.1 * std::fabs(d) : d / static_cast<double>(c.T));
+        w[static_cast<size_t>(ch)] = static_cast<float>(wideDecay ? 0.1 * std::fabs(d) : d / static_cast<double>(c.T));
         u[static_cast<size_t>(ch)] = static_cast<float>(boost(rng) / static_cast<double>(c.T));
     }
     std::vector<double> k(n);
@@ -184,10 +279,11 @@ bool runCase(Case const& c, bool viaGraph, cudaStream_t stream, std::mt19937& rn
     }
     std::vector<unsigned char> const kBytes = pack(k, c.dtype);
     std::vector<unsigned char> const vBytes = pack(v, c.dtype);
-    std::vector<double> const expected = reference(w, u, k, v, c.B, c.C, c.T);
+    std::vector<double> const expected
+        = vrwkv ? vrwkvReference(w, u, k, v, c.B, c.C, c.T) : reference(w, u, k, v, c.B, c.C, c.T);
 
     size_t const elem = elementBytes(c.dtype);
-    size_t const workspaceBytes = hpcm_biwkv_workspace_bytes(c.B, c.C, c.T);
+    size_t const workspaceBytes = hpcm_biwkv_workspace_bytes(c.B, c.C, c.T, c.mode);
     DeviceBuffer dw(w.size() * sizeof(float));
     DeviceBuffer du(u.size() * sizeof(float));
     DeviceBuffer dk(n * elem);
@@ -203,7 +299,7 @@ bool runCase(Case const& c, bool viaGraph, cudaStream_t stream, std::mt19937& rn
     auto const forward = [&]()
     {
         return hpcm_biwkv_forward(static_cast<float const*>(dw.ptr), static_cast<float const*>(du.ptr), dk.ptr, dv.ptr,
-            dy.ptr, c.B, c.C, c.T, c.dtype, dws.ptr, workspaceBytes, stream);
+            dy.ptr, c.B, c.C, c.T, c.dtype, c.mode, dws.ptr, workspaceBytes, stream);
     };
     if (viaGraph)
     {
@@ -243,9 +339,10 @@ bool runCase(Case const& c, bool viaGraph, cudaStream_t stream, std::mt19937& rn
     bool const guardIntact = std::all_of(
         yBytes.begin() + static_cast<std::ptrdiff_t>(n * elem), yBytes.end(), [](unsigned char b) { return b == kGuardByte; });
     bool const ok = failures == 0 && guardIntact;
-    std::printf("%s B=%lld C=%lld T=%lld %s%s%s: max err %.3g (tol %.0e)%s\n", ok ? "PASS" : "FAIL",
-        static_cast<long long>(c.B), static_cast<long long>(c.C), static_cast<long long>(c.T), half ? "fp16" : "fp32",
-        c.absoluteDecay ? " w=decay" : "", viaGraph ? " graph" : "", worst, tolerance,
+    std::printf("%s %s B=%lld C=%lld T=%lld %s%s%s: max err %.3g (tol %.0e)%s\n", ok ? "PASS" : "FAIL",
+        vrwkv ? "vrwkv" : "exact", static_cast<long long>(c.B), static_cast<long long>(c.C),
+        static_cast<long long>(c.T), half ? "fp16" : "fp32",
+        c.wideRange ? (vrwkv ? " wide k" : " w=decay") : "", viaGraph ? " graph" : "", worst, tolerance,
         guardIntact ? "" : " WROTE PAST THE END OF y");
     return ok;
 }
@@ -255,19 +352,25 @@ bool checkArgumentErrors(cudaStream_t stream)
     int64_t const B = 1;
     int64_t const C = 2;
     int64_t const T = 5000;
-    size_t const needed = hpcm_biwkv_workspace_bytes(B, C, T);
+    HpcmBiwkvDtype const fp32 = HpcmBiwkvDtype::kFloat32;
+    HpcmBiwkvMode const exact = HpcmBiwkvMode::kExact;
+    HpcmBiwkvMode const vrwkv = HpcmBiwkvMode::kVrwkv;
+    HpcmBiwkvMode const unknown = static_cast<HpcmBiwkvMode>(HPCM_BIWKV_MODE_COUNT);
+    size_t const needed = hpcm_biwkv_workspace_bytes(B, C, T, exact);
+    size_t const neededVrwkv = hpcm_biwkv_workspace_bytes(B, C, T, vrwkv);
     DeviceBuffer buffer(1024 * 1024);
     float const* f = static_cast<float const*>(buffer.ptr);
-    bool ok = needed > 0 && hpcm_biwkv_workspace_bytes(B, C, 2048) == 0;
-    ok = ok
-        && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, T, HpcmBiwkvDtype::kFloat32, buffer.ptr, needed - 1, stream)
+    bool ok = needed > 0 && neededVrwkv > needed && hpcm_biwkv_workspace_bytes(B, C, 2048, vrwkv) == 0
+        && hpcm_biwkv_workspace_bytes(B, C, T, unknown) == 0;
+    ok = ok && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, T, fp32, exact, buffer.ptr, needed - 1, stream)
             == cudaErrorInvalidValue;
-    ok = ok
-        && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, 0, HpcmBiwkvDtype::kFloat32, nullptr, 0, stream)
+    ok = ok && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, T, fp32, vrwkv, buffer.ptr, neededVrwkv - 1, stream)
             == cudaErrorInvalidValue;
-    ok = ok
-        && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, 0, C, T, HpcmBiwkvDtype::kFloat32, nullptr, 0, stream)
-            == cudaSuccess;
+    ok = ok && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, T, fp32, unknown, buffer.ptr, neededVrwkv, stream)
+            == cudaErrorInvalidValue;
+    ok = ok && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, B, C, 0, fp32, exact, nullptr, 0, stream)
+            == cudaErrorInvalidValue;
+    ok = ok && hpcm_biwkv_forward(f, f, f, f, buffer.ptr, 0, C, T, fp32, exact, nullptr, 0, stream) == cudaSuccess;
     std::printf("%s argument checks\n", ok ? "PASS" : "FAIL");
     return ok;
 }
@@ -282,19 +385,22 @@ int main(int argc, char** argv)
     std::mt19937 rng(1234);
 
     std::vector<Case> cases;
-    for (HpcmBiwkvDtype dtype : {HpcmBiwkvDtype::kFloat32, HpcmBiwkvDtype::kFloat16})
+    for (HpcmBiwkvMode mode : {HpcmBiwkvMode::kExact, HpcmBiwkvMode::kVrwkv})
     {
-        for (int64_t T : {1, 7, 32, 33, 255, 2048, 2049, 4500})
+        for (HpcmBiwkvDtype dtype : {HpcmBiwkvDtype::kFloat32, HpcmBiwkvDtype::kFloat16})
         {
-            cases.push_back(Case{2, 3, T, dtype, false});
-        }
-        cases.push_back(Case{1, 4, 3000, dtype, true});
-        if (!quick)
-        {
-            cases.push_back(Case{1, 640, 1536, dtype, false});
-            cases.push_back(Case{4, 32, 12288, dtype, false});
-            cases.push_back(Case{1, 16, 34560, dtype, false});
-            cases.push_back(Case{1, 8, 34560, dtype, true});
+            for (int64_t T : {1, 7, 32, 33, 255, 2048, 2049, 4500})
+            {
+                cases.push_back(Case{2, 3, T, dtype, mode, false});
+            }
+            cases.push_back(Case{1, 4, 3000, dtype, mode, true});
+            if (!quick)
+            {
+                cases.push_back(Case{1, 640, 1536, dtype, mode, false});
+                cases.push_back(Case{4, 32, 12288, dtype, mode, false});
+                cases.push_back(Case{1, 16, 34560, dtype, mode, false});
+                cases.push_back(Case{1, 8, 34560, dtype, mode, true});
+            }
         }
     }
 
@@ -303,7 +409,10 @@ int main(int argc, char** argv)
     {
         ok = runCase(c, false, stream, rng) && ok;
     }
-    ok = runCase(Case{2, 5, 6000, HpcmBiwkvDtype::kFloat32, false}, true, stream, rng) && ok;
+    for (HpcmBiwkvMode mode : {HpcmBiwkvMode::kExact, HpcmBiwkvMode::kVrwkv})
+    {
+        ok = runCase(Case{2, 5, 6000, HpcmBiwkvDtype::kFloat32, mode, false}, true, stream, rng) && ok;
+    }
     CHECK_CUDA(cudaStreamDestroy(stream));
     std::printf("%s\n", ok ? "ALL PASSED" : "SOME CHECKS FAILED");
     return ok ? 0 : 1;

@@ -4,14 +4,20 @@
 // and loaded with SessionOptions.register_custom_ops_library(path): ONNX Runtime calls
 // RegisterCustomOps, which adds the contract's domain with one op per k/v type (float32, float16)
 // under the contract's op_type. The exported graphs then run unchanged, without a Python callback.
+// Each node's kernel reads its "mode" attribute once, when ONNX Runtime creates it; a node without one
+// (every node of contract version 1) computes HPCM_BIWKV_DEFAULT_MODE.
 //
-// HPCM_BIWKV_OP_TYPE and HPCM_BIWKV_DOMAIN come from contract.json at build time.
+// HPCM_BIWKV_OP_TYPE, HPCM_BIWKV_DOMAIN, HPCM_BIWKV_MODE_NAMES and HPCM_BIWKV_DEFAULT_MODE come from
+// contract.json at build time (hpcm.plugins.biwkv.contract.WKVContract.compile_definitions).
 
 #include "biwkv_cpu.h"
 
 #include "onnxruntime_c_api.h"
 
 #include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -20,6 +26,9 @@
 #endif
 #ifndef HPCM_BIWKV_DOMAIN
 #error "define HPCM_BIWKV_DOMAIN (contract.json domain)"
+#endif
+#if !defined(HPCM_BIWKV_MODE_NAMES) || !defined(HPCM_BIWKV_DEFAULT_MODE)
+#error "define HPCM_BIWKV_MODE_NAMES and HPCM_BIWKV_DEFAULT_MODE (contract.json modes, the mode attribute's default)"
 #endif
 
 namespace
@@ -37,6 +46,9 @@ enum Input : size_t
     kK = 2,
     kV = 3
 };
+
+constexpr char const* kModeNames[] = {HPCM_BIWKV_MODE_NAMES};
+static_assert(std::size(kModeNames) == HPCM_BIWKV_MODE_COUNT, "contract.json lists the modes biwkv_mode.h numbers");
 
 OrtApi const* gApi = nullptr;
 
@@ -97,9 +109,50 @@ struct BiwkvOp : OrtCustomOp
     ONNXTensorElementDataType dataType;
 };
 
-OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context)
+// What one node computes: its k/v type and mode.
+struct BiwkvKernel
 {
-    auto const* op = static_cast<BiwkvOp const*>(kernel);
+    ONNXTensorElementDataType dataType;
+    int32_t mode;
+};
+
+// The node's mode: its "mode" attribute, or the contract's default where it has none.
+OrtStatus* readMode(OrtKernelInfo const* info, int32_t& mode)
+{
+    std::string name = HPCM_BIWKV_DEFAULT_MODE;
+    size_t size = 0;
+    if (OrtStatus* absent = gApi->KernelInfoGetAttribute_string(info, "mode", nullptr, &size))
+    {
+        gApi->ReleaseStatus(absent);
+    }
+    else
+    {
+        name.assign(size, '\0');
+        if (OrtStatus* status = gApi->KernelInfoGetAttribute_string(info, "mode", name.data(), &size))
+        {
+            return status;
+        }
+        name.resize(size > 0 ? size - 1 : 0); // size counts the terminating NUL
+    }
+    for (int32_t i = 0; i < HPCM_BIWKV_MODE_COUNT; ++i)
+    {
+        if (name == kModeNames[i])
+        {
+            mode = i;
+            return nullptr;
+        }
+    }
+    std::string known;
+    for (char const* knownName : kModeNames)
+    {
+        known += (known.empty() ? "" : ", ") + std::string(knownName);
+    }
+    return invalid("unknown mode '" + name + "' (this library computes " + known + ")");
+}
+
+OrtStatus* ORT_API_CALL compute(void* opaque, OrtKernelContext* context)
+{
+    auto const* kernel = static_cast<BiwkvKernel const*>(opaque);
     OrtValue const* inputs[kInputs] = {};
     TensorInfo info[kInputs];
     for (size_t i = 0; i < kInputs; ++i)
@@ -159,11 +212,11 @@ OrtStatus* ORT_API_CALL compute(void* kernel, OrtKernelContext* context)
     }
     auto const* w = static_cast<float const*>(data[kW]);
     auto const* u = static_cast<float const*>(data[kU]);
-    int const rc = op->dataType == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+    int const rc = kernel->dataType == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
         ? hpcm_biwkv_cpu_f16(w, u, static_cast<uint16_t const*>(data[kK]), static_cast<uint16_t const*>(data[kV]),
-            static_cast<uint16_t*>(y), B, C, T, 0)
+            static_cast<uint16_t*>(y), B, C, T, kernel->mode, 0)
         : hpcm_biwkv_cpu_f32(w, u, static_cast<float const*>(data[kK]), static_cast<float const*>(data[kV]),
-            static_cast<float*>(y), B, C, T, 0);
+            static_cast<float*>(y), B, C, T, kernel->mode, 0);
     return rc == 0 ? nullptr : invalid("invalid sizes " + dimsText(kDims));
 }
 
@@ -172,15 +225,19 @@ BiwkvOp::BiwkvOp(ONNXTensorElementDataType type)
     , dataType(type)
 {
     version = kApiVersion;
-    // The op object is its own kernel: it holds no per-node state.
     CreateKernel = nullptr;
-    CreateKernelV2 = [](OrtCustomOp const* self, OrtApi const*, OrtKernelInfo const*, void** kernel) -> OrtStatusPtr
+    CreateKernelV2 = [](OrtCustomOp const* self, OrtApi const*, OrtKernelInfo const* info, void** kernel) -> OrtStatusPtr
     {
-        *kernel = const_cast<OrtCustomOp*>(self);
-        return nullptr;
+        int32_t mode = 0;
+        if (OrtStatus* status = readMode(info, mode))
+        {
+            return status;
+        }
+        *kernel = new (std::nothrow) BiwkvKernel{static_cast<BiwkvOp const*>(self)->dataType, mode};
+        return *kernel != nullptr ? nullptr : gApi->CreateStatus(ORT_FAIL, HPCM_BIWKV_OP_TYPE ": out of memory");
     };
     KernelComputeV2 = compute;
-    KernelDestroy = [](void*) {};
+    KernelDestroy = [](void* kernel) { delete static_cast<BiwkvKernel*>(kernel); };
     GetName = [](OrtCustomOp const*) { return HPCM_BIWKV_OP_TYPE; };
     GetExecutionProviderType = [](OrtCustomOp const*) -> char const* { return "CPUExecutionProvider"; };
     GetInputTypeCount = [](OrtCustomOp const*) -> size_t { return kInputs; };

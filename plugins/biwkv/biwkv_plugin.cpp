@@ -1,10 +1,12 @@
 #include "biwkv_plugin.h"
 
-#include "biwkv_kernel.h"
-
 #include <atomic>
+#include <cstring>
 #include <exception>
+#include <iterator>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace hpcm
 {
@@ -16,9 +18,13 @@ namespace
 using nvinfer1::DataType;
 using nvinfer1::TensorFormat;
 
-constexpr char const* kPluginName = HPCM_BIWKV_PLUGIN_NAME;
+constexpr char const* kPluginName = HPCM_BIWKV_OP_TYPE;
 constexpr char const* kPluginVersion = HPCM_BIWKV_PLUGIN_VERSION;
 constexpr char const* kPluginNamespace = HPCM_BIWKV_PLUGIN_NAMESPACE;
+constexpr char const* kEarlierVersions[] = {HPCM_BIWKV_EARLIER_PLUGIN_VERSIONS};
+constexpr char const* kModeNames[] = {HPCM_BIWKV_MODE_NAMES};
+static_assert(std::size(kModeNames) == HPCM_BIWKV_MODE_COUNT, "contract.json lists the modes biwkv_mode.h numbers");
+constexpr char const* kModeField = "mode";
 
 // Set by TensorRT through setLoggerFinder when it loads the library; a statically registered
 // build may never receive one, so every use tolerates null.
@@ -38,6 +44,28 @@ void logError(std::string const& message) noexcept
     catch (...)
     {
     }
+}
+
+// The mode of that name (a field's characters, not necessarily NUL-terminated); false if none is.
+bool modeNamed(char const* name, size_t length, HpcmBiwkvMode& mode)
+{
+    std::string const text(name, strnlen(name, length));
+    for (int32_t i = 0; i < HPCM_BIWKV_MODE_COUNT; ++i)
+    {
+        if (text == kModeNames[i])
+        {
+            mode = static_cast<HpcmBiwkvMode>(i);
+            return true;
+        }
+    }
+    return false;
+}
+
+HpcmBiwkvMode defaultMode()
+{
+    HpcmBiwkvMode mode = HpcmBiwkvMode::kExact;
+    modeNamed(HPCM_BIWKV_DEFAULT_MODE, std::strlen(HPCM_BIWKV_DEFAULT_MODE), mode);
+    return mode;
 }
 
 bool isLinear(nvinfer1::PluginTensorDesc const& desc)
@@ -63,6 +91,22 @@ bool compatibleDims(nvinfer1::Dims const& w, nvinfer1::Dims const& u, nvinfer1::
 }
 
 } // namespace
+
+BiwkvPlugin::BiwkvPlugin(HpcmBiwkvMode mode, char const* version, bool serialisesMode)
+    : mMode(mode)
+    , mVersion(version)
+    , mSerialisesMode(serialisesMode)
+    , mModeField{kModeField, kModeNames[static_cast<int32_t>(mode)], nvinfer1::PluginFieldType::kCHAR,
+          static_cast<int32_t>(std::strlen(kModeNames[static_cast<int32_t>(mode)]))}
+    , mSerialized{serialisesMode ? 1 : 0, serialisesMode ? &mModeField : nullptr}
+{
+}
+
+// mSerialized points into the object itself, so a copy builds its own.
+BiwkvPlugin::BiwkvPlugin(BiwkvPlugin const& other)
+    : BiwkvPlugin(other.mMode, other.mVersion, other.mSerialisesMode)
+{
+}
 
 nvinfer1::IPluginCapability* BiwkvPlugin::getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept
 {
@@ -95,7 +139,7 @@ char const* BiwkvPlugin::getPluginName() const noexcept
 
 char const* BiwkvPlugin::getPluginVersion() const noexcept
 {
-    return kPluginVersion;
+    return mVersion;
 }
 
 char const* BiwkvPlugin::getPluginNamespace() const noexcept
@@ -173,7 +217,7 @@ size_t BiwkvPlugin::getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* in
         return 0;
     }
     nvinfer1::Dims const& most = inputs[kInputK].max;
-    return hpcm_biwkv_workspace_bytes(most.d[0], most.d[1], most.d[2]);
+    return hpcm_biwkv_workspace_bytes(most.d[0], most.d[1], most.d[2], mMode);
 }
 
 int32_t BiwkvPlugin::onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs,
@@ -204,10 +248,10 @@ int32_t BiwkvPlugin::enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfe
     HpcmBiwkvDtype const dtype
         = inputDesc[kInputK].type == DataType::kHALF ? HpcmBiwkvDtype::kFloat16 : HpcmBiwkvDtype::kFloat32;
     // TensorRT allocated getWorkspaceSize() for the profile's largest shape, which covers this one.
-    size_t const workspaceBytes = hpcm_biwkv_workspace_bytes(B, C, T);
+    size_t const workspaceBytes = hpcm_biwkv_workspace_bytes(B, C, T, mMode);
     cudaError_t const status = hpcm_biwkv_forward(static_cast<float const*>(inputs[kInputW]),
         static_cast<float const*>(inputs[kInputU]), inputs[kInputK], inputs[kInputV], outputs[0], B, C, T, dtype,
-        workspace, workspaceBytes, stream);
+        mMode, workspace, workspaceBytes, stream);
     if (status != cudaSuccess)
     {
         logError(std::string("kernel launch failed: ") + cudaGetErrorString(status));
@@ -226,14 +270,43 @@ nvinfer1::PluginFieldCollection const* BiwkvPlugin::getFieldsToSerialize() noexc
     return &mSerialized;
 }
 
-// The ONNX parser passes only the fields getFieldNames lists (none), and the engine stores none,
-// so both phases build the same stateless plugin.
+BiwkvPluginCreator::BiwkvPluginCreator(char const* version, bool readsMode)
+    : mVersion(version)
+    , mReadsMode(readsMode)
+    , mModeField{kModeField, nullptr, nvinfer1::PluginFieldType::kCHAR, 0}
+    , mFieldNames{readsMode ? 1 : 0, readsMode ? &mModeField : nullptr}
+{
+}
+
+// The ONNX parser passes the fields getFieldNames lists (the node's "mode" attribute, as characters),
+// and deserialisation the ones getFieldsToSerialize gave: both phases build the same plugin. A node
+// without the field computes the contract's default mode; an unknown mode is refused.
 nvinfer1::IPluginV3* BiwkvPluginCreator::createPlugin(
-    char const* /*name*/, nvinfer1::PluginFieldCollection const* /*fc*/, nvinfer1::TensorRTPhase /*phase*/) noexcept
+    char const* /*name*/, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
 {
     try
     {
-        return new BiwkvPlugin();
+        HpcmBiwkvMode mode = defaultMode();
+        for (int32_t i = 0; mReadsMode && fc != nullptr && i < fc->nbFields; ++i)
+        {
+            nvinfer1::PluginField const& field = fc->fields[i];
+            if (field.name == nullptr || std::strcmp(field.name, kModeField) != 0)
+            {
+                continue;
+            }
+            if (field.type != nvinfer1::PluginFieldType::kCHAR || field.data == nullptr || field.length < 0
+                || !modeNamed(static_cast<char const*>(field.data), static_cast<size_t>(field.length), mode))
+            {
+                std::string const given = field.type == nvinfer1::PluginFieldType::kCHAR && field.data != nullptr
+                    ? std::string(static_cast<char const*>(field.data),
+                        strnlen(static_cast<char const*>(field.data), static_cast<size_t>(field.length)))
+                    : std::string("(not characters)");
+                logError("unknown mode " + given + " (the plugin computes " + HPCM_BIWKV_DEFAULT_MODE
+                    + " and the other modes of contract.json)");
+                return nullptr;
+            }
+        }
+        return new BiwkvPlugin(mode, mVersion, mReadsMode);
     }
     catch (std::exception const& e)
     {
@@ -254,7 +327,7 @@ char const* BiwkvPluginCreator::getPluginName() const noexcept
 
 char const* BiwkvPluginCreator::getPluginVersion() const noexcept
 {
-    return kPluginVersion;
+    return mVersion;
 }
 
 char const* BiwkvPluginCreator::getPluginNamespace() const noexcept
@@ -265,11 +338,37 @@ char const* BiwkvPluginCreator::getPluginNamespace() const noexcept
 namespace
 {
 
-// The one creator both registration routes hand out.
-BiwkvPluginCreator& creatorInstance()
+// The creators both registration routes hand out: the current version's, then the earlier ones'.
+class Creators
 {
-    static BiwkvPluginCreator creator;
-    return creator;
+public:
+    Creators()
+    {
+        mOwned.push_back(std::make_unique<BiwkvPluginCreator>(kPluginVersion, true));
+        for (char const* version : kEarlierVersions)
+        {
+            mOwned.push_back(std::make_unique<BiwkvPluginCreator>(version, false));
+        }
+        for (std::unique_ptr<BiwkvPluginCreator> const& creator : mOwned)
+        {
+            mInterfaces.push_back(creator.get());
+        }
+    }
+
+    std::vector<nvinfer1::IPluginCreatorInterface*> const& interfaces() const
+    {
+        return mInterfaces;
+    }
+
+private:
+    std::vector<std::unique_ptr<BiwkvPluginCreator>> mOwned;
+    std::vector<nvinfer1::IPluginCreatorInterface*> mInterfaces;
+};
+
+Creators const& creators()
+{
+    static Creators const instance;
+    return instance;
 }
 
 #if defined(HPCM_BIWKV_STATIC_REGISTRATION)
@@ -280,9 +379,12 @@ struct StaticRegistration
 {
     StaticRegistration()
     {
-        if (!getPluginRegistry()->registerCreator(creatorInstance(), kPluginNamespace))
+        for (nvinfer1::IPluginCreatorInterface* creator : creators().interfaces())
         {
-            logError("static registration failed: a creator of the same name, version and namespace exists");
+            if (!getPluginRegistry()->registerCreator(*creator, kPluginNamespace))
+            {
+                logError("static registration failed: a creator of the same name, version and namespace exists");
+            }
         }
     }
 };
@@ -304,7 +406,7 @@ extern "C" __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1:
 extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterface* const* getCreators(
     int32_t& nbCreators)
 {
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&hpcm::plugin::creatorInstance()};
-    nbCreators = 1;
-    return creators;
+    std::vector<nvinfer1::IPluginCreatorInterface*> const& creators = hpcm::plugin::creators().interfaces();
+    nbCreators = static_cast<int32_t>(creators.size());
+    return creators.data();
 }

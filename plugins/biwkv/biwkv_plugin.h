@@ -1,15 +1,19 @@
 // TensorRT IPluginV3 wrapper around hpcm_biwkv_forward (see README.md in this folder).
 //
-// Name, version and namespace are compile definitions generated from contract.json by
+// Name, versions, namespace and mode names are compile definitions generated from contract.json by
 // plugins/CMakeLists.txt, so they always equal what the ONNX exporter writes.
 #pragma once
+
+#include "biwkv_kernel.h"
 
 #include <NvInferRuntime.h>
 
 #include <cstdint>
 
-#if !defined(HPCM_BIWKV_PLUGIN_NAME) || !defined(HPCM_BIWKV_PLUGIN_VERSION) || !defined(HPCM_BIWKV_PLUGIN_NAMESPACE)
-#error "Build through plugins/CMakeLists.txt: it defines the plugin name, version and namespace from contract.json"
+#if !defined(HPCM_BIWKV_OP_TYPE) || !defined(HPCM_BIWKV_PLUGIN_VERSION) || !defined(HPCM_BIWKV_PLUGIN_NAMESPACE)     \
+    || !defined(HPCM_BIWKV_EARLIER_PLUGIN_VERSIONS) || !defined(HPCM_BIWKV_MODE_NAMES)                             \
+    || !defined(HPCM_BIWKV_DEFAULT_MODE)
+#error "Build through plugins/CMakeLists.txt: it defines the plugin's name, versions, namespace and modes from contract.json"
 #endif
 
 namespace hpcm
@@ -17,8 +21,10 @@ namespace hpcm
 namespace plugin
 {
 
-// Inputs w, u (C,) float32 and k, v (B, C, T) float32 or float16; output y like k. The plugin has
-// no attributes: everything it needs is in the input shapes and types.
+// Inputs w, u (C,) float32 and k, v (B, C, T) float32 or float16; output y like k. Its one field is
+// the mode (contract.json's "mode" attribute), serialised by name; everything else comes from the input
+// shapes and types. A plugin of an earlier contract version (one without the mode) computes the default
+// mode and serialises nothing, so engines and ONNX nodes of that version keep working.
 class BiwkvPlugin final : public nvinfer1::IPluginV3,
                           public nvinfer1::IPluginV3OneCore,
                           public nvinfer1::IPluginV3OneBuild,
@@ -32,10 +38,17 @@ public:
     static constexpr int32_t kNbInputs = 4;
     static constexpr int32_t kNbOutputs = 1;
 
-    BiwkvPlugin() = default;
+    // `version` is the creator's (a string with static lifetime); `serialisesMode` is false for the
+    // creators of earlier contract versions.
+    BiwkvPlugin(HpcmBiwkvMode mode, char const* version, bool serialisesMode);
     ~BiwkvPlugin() override = default;
-    BiwkvPlugin(BiwkvPlugin const&) = default;
+    BiwkvPlugin(BiwkvPlugin const& other);
     BiwkvPlugin& operator=(BiwkvPlugin const&) = delete;
+
+    HpcmBiwkvMode mode() const noexcept
+    {
+        return mMode;
+    }
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -69,15 +82,20 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    // Declarative serialisation of nothing: the plugin is stateless, so an engine only records its
-    // name, version and namespace.
-    nvinfer1::PluginFieldCollection mSerialized{0, nullptr};
+    HpcmBiwkvMode mMode;
+    char const* mVersion;
+    bool mSerialisesMode;
+    // Declarative serialisation: the mode's name, or nothing for an earlier version's plugin.
+    nvinfer1::PluginField mModeField;
+    nvinfer1::PluginFieldCollection mSerialized;
 };
 
+// One creator per contract version the library runs: the current one (field "mode") and each earlier one
+// (no fields; its plugins compute the default mode).
 class BiwkvPluginCreator final : public nvinfer1::IPluginCreatorV3One
 {
 public:
-    BiwkvPluginCreator() = default;
+    BiwkvPluginCreator(char const* version, bool readsMode);
     ~BiwkvPluginCreator() override = default;
 
     nvinfer1::IPluginV3* createPlugin(
@@ -88,7 +106,10 @@ public:
     char const* getPluginNamespace() const noexcept override;
 
 private:
-    nvinfer1::PluginFieldCollection mFieldNames{0, nullptr};
+    char const* mVersion;
+    bool mReadsMode;
+    nvinfer1::PluginField mModeField;
+    nvinfer1::PluginFieldCollection mFieldNames;
 };
 
 } // namespace plugin

@@ -1,6 +1,6 @@
 """The CPU Bi-WKV (``biwkv_cpu.cpp``) from Python, and its ONNX Runtime custom-op library.
 
-* ``biwkv_cpu(w, u, k, v)``: the compiled scan through ctypes (tests, benchmarks).
+* ``biwkv_cpu(w, u, k, v, mode)``: the compiled scan through ctypes (tests, benchmarks).
 * ``ort_op_library()``: ``biwkv_ort_op.cpp`` + ``biwkv_cpu.cpp`` built into a library for
   ``SessionOptions.register_custom_ops_library``; exported graphs then run their custom node
   natively on ONNX Runtime's CPU provider. Building needs ONNX Runtime's C API header
@@ -26,7 +26,7 @@ from .contract import CONTRACT
 
 SOURCE_DIR = Path(__file__).resolve().parent
 CPU_SOURCE = SOURCE_DIR / "biwkv_cpu.cpp"
-CPU_HEADER = SOURCE_DIR / "biwkv_cpu.h"
+CPU_HEADERS = [SOURCE_DIR / "biwkv_cpu.h", SOURCE_DIR / "biwkv_mode.h"]
 ORT_OP_SOURCE = SOURCE_DIR / "biwkv_ort_op.cpp"
 ORT_INCLUDE_ENV = "ONNXRUNTIME_INCLUDE_DIR"
 ORT_LIBRARY_ENV = "HPCM_BIWKV_ORT_OP"
@@ -42,18 +42,21 @@ class OrtOpUnavailable(RunnerError):
 def _cpu_library() -> ctypes.CDLL:
     global _cpu
     if _cpu is None:
-        lib = ctypes.CDLL(str(build_shared_library("hpcm_biwkv_cpu", [CPU_SOURCE], [CPU_HEADER])))
+        lib = ctypes.CDLL(str(build_shared_library("hpcm_biwkv_cpu", [CPU_SOURCE], CPU_HEADERS)))
         pointer = ctypes.c_void_p
         for name in ("hpcm_biwkv_cpu_f32", "hpcm_biwkv_cpu_f16"):
             function = getattr(lib, name)
             function.restype = ctypes.c_int
-            function.argtypes = [pointer] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+            function.argtypes = [pointer] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int32, ctypes.c_int]
         _cpu = lib
     return _cpu
 
 
-def biwkv_cpu(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, threads: int = 0) -> torch.Tensor:
-    """y of the contract from CPU tensors: w, u (C,) float32; k, v (B, C, T) float32 or float16."""
+def biwkv_cpu(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = CONTRACT.default_mode,
+              threads: int = 0) -> torch.Tensor:
+    """y of the contract in ``mode`` from CPU tensors: w, u (C,) float32; k, v (B, C, T) float32 or float16."""
+    if mode not in CONTRACT.modes:
+        raise ValueError(f"unknown mode {mode!r}; the contract's modes: {', '.join(CONTRACT.modes)}")
     if k.dtype not in (torch.float32, torch.float16) or v.dtype != k.dtype or k.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"k and v must be (B, C, T) float32/float16 of one dtype; got {k.dtype} {tuple(k.shape)}, "
                          f"{v.dtype} {tuple(v.shape)}")
@@ -63,7 +66,7 @@ def biwkv_cpu(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     y = np.empty_like(arrays[2])
     lib = _cpu_library()
     function = lib.hpcm_biwkv_cpu_f16 if k.dtype == torch.float16 else lib.hpcm_biwkv_cpu_f32
-    if function(*(a.ctypes.data for a in arrays), y.ctypes.data, *k.shape, threads) != 0:
+    if function(*(a.ctypes.data for a in arrays), y.ctypes.data, *k.shape, CONTRACT.modes.index(mode), threads) != 0:
         raise ValueError(f"biwkv_cpu: invalid sizes {tuple(k.shape)}")
     return torch.from_numpy(y)
 
@@ -86,6 +89,5 @@ def ort_op_library(include_dir: Optional[Path] = None) -> Path:
     header = Path(folder) / ORT_HEADER
     if not header.is_file():
         raise OrtOpUnavailable(f"{header} does not exist: {ORT_INCLUDE_ENV} must name the folder holding {ORT_HEADER}")
-    definitions = [f'-DHPCM_BIWKV_OP_TYPE="{CONTRACT.op_type}"', f'-DHPCM_BIWKV_DOMAIN="{CONTRACT.domain}"']
-    return build_shared_library("hpcm_biwkv_ort_op", [ORT_OP_SOURCE, CPU_SOURCE], [CPU_HEADER, header],
-                                include_dirs=[SOURCE_DIR, Path(folder)], flags=definitions)
+    return build_shared_library("hpcm_biwkv_ort_op", [ORT_OP_SOURCE, CPU_SOURCE], [*CPU_HEADERS, header],
+                                include_dirs=[SOURCE_DIR, Path(folder)], flags=CONTRACT.compile_definitions())

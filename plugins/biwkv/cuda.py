@@ -1,8 +1,8 @@
 """JIT build of the Bi-WKV CUDA kernel and its registration as the CUDA kernel of ``hpcm::biwkv``.
 
 After ``load_cuda_kernel()``, ``torch.ops.hpcm.biwkv`` (and therefore ``hpcm.plugins.biwkv.biwkv``)
-runs ``biwkv_kernel.cu`` for float32 / float16 CUDA tensors instead of the vectorised closed form;
-float64 CUDA inputs keep the guarded vectorised path. The build goes to PyTorch's extension cache
+runs ``biwkv_kernel.cu`` for float32 / float16 CUDA tensors in either mode instead of the vectorised
+closed form; float64 CUDA inputs keep the mode's guarded vectorised path. The build goes to PyTorch's extension cache
 (``TORCH_EXTENSIONS_DIR``, by default under ``~/.cache``), never into the source tree.
 """
 
@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 
 from .contract import CONTRACT
-from .op import biwkv_eager
+from .op import eager_form
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = (SOURCE_DIR / "biwkv_kernel.cu", SOURCE_DIR / "torch_binding.cpp")
@@ -23,11 +23,11 @@ EXTENSION_NAME = "hpcm_biwkv_cuda"
 _extension: ModuleType | None = None
 
 
-def _cuda_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _cuda_kernel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
     if k.dtype not in (torch.float32, torch.float16) or v.dtype != k.dtype:
-        return biwkv_eager(w, u, k, v).contiguous()
+        return eager_form(mode)(w, u, k, v).contiguous()
     assert _extension is not None
-    return _extension.forward(w, u, k, v)
+    return _extension.forward(w, u, k, v, CONTRACT.modes.index(mode))
 
 
 def load_cuda_kernel(verbose: bool = False) -> ModuleType:

@@ -10,10 +10,13 @@ Implementations:
   so only the denominators' cumulative sums can underflow. That happens once the exponent spread
   ``max - min`` of ``k_i +- i*w`` over a row (at most range(k) + |w|*(T-1), i.e. range(k) + |decay| in
   the cells) leaves the dtype's exponent range. ``CLOSED_FORM_SPREAD_LIMIT`` bounds it per dtype.
-* ``biwkv``: the public entry. Picks float32 closed form when the spread allows, float64 closed form
+* ``biwkv_eager``: the guard. Picks float32 closed form when the spread allows, float64 closed form
   when float32 would underflow, and the exact float64 scan of ``reference.py`` beyond that. It never
-  returns a result from outside a closed form's validity range. Under ONNX export it emits one
-  custom node with the contract's op_type, domain and attributes.
+  returns a result from outside a closed form's validity range.
+* ``biwkv``: the public entry, the custom op ``hpcm::biwkv`` in one of the contract's modes: on CPU the
+  mode's guarded evaluation (``biwkv_eager`` for ``exact``, ``vrwkv.biwkv_vrwkv`` for ``vrwkv``), on
+  CUDA the kernel once ``cuda.load_cuda_kernel`` registered it. Under ONNX export it emits one custom
+  node with the contract's op_type, domain and attributes, the mode among them.
 
 Inputs in float16 are computed in float32 and the result is cast back to k's dtype.
 """
@@ -126,13 +129,23 @@ def biwkv_eager(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return guarded_evaluation(biwkv_closed_form, biwkv_scan, w, u, k, v)
 
 
+def eager_form(mode: str) -> ClosedForm:
+    """The guarded vectorised evaluation of ``mode`` (``modes.WKV_MODES``), what the op runs where no
+    kernel is registered. Imported here, not at the top: ``modes`` builds its table from this module."""
+    from .modes import WKV_MODES
+
+    if mode not in WKV_MODES:
+        raise ValueError(f"biwkv: unknown mode {mode!r}; the op computes {', '.join(WKV_MODES)}")
+    return WKV_MODES[mode].eager
+
+
 @torch.library.custom_op(CONTRACT.torch_op, mutates_args=())
-def _biwkv_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return biwkv_eager(w, u, k, v).contiguous()
+def _biwkv_op(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
+    return eager_form(mode)(w, u, k, v).contiguous()
 
 
 @_biwkv_op.register_fake
-def _biwkv_fake(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _biwkv_fake(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
     torch._check(k.dim() == 3, lambda: "biwkv: k must be (B, C, T)")
     torch._check(w.shape[0] == k.shape[1], lambda: "biwkv: w must be (C,)")
     return torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -140,44 +153,48 @@ def _biwkv_fake(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 @torch.library.custom_op(CONTRACT.torch_op + "_backward", mutates_args=())
 def _biwkv_backward_op(
-    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_y: torch.Tensor
+    w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grad_y: torch.Tensor, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     # Vector-Jacobian product of the same guarded vectorised evaluation. torch.func is used because
     # autograd recording is switched off inside custom-op kernels.
-    _, vjp = torch.func.vjp(biwkv_eager, w, u, k, v)
+    _, vjp = torch.func.vjp(eager_form(mode), w, u, k, v)
     return tuple(g.contiguous() for g in vjp(grad_y.to(k.dtype)))
 
 
 @_biwkv_backward_op.register_fake
-def _biwkv_backward_fake(w, u, k, v, grad_y):
+def _biwkv_backward_fake(w, u, k, v, grad_y, mode):
     return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (w, u, k, v))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    *tensors, ctx.mode = inputs
+    ctx.save_for_backward(*tensors)
 
 
 def _backward(ctx, grad_y):
-    return _biwkv_backward_op(*ctx.saved_tensors, grad_y)
+    return *_biwkv_backward_op(*ctx.saved_tensors, grad_y, ctx.mode), None
 
 
 _biwkv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def biwkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Bi-WKV of ``contract.json``: y (B, C, T) from w, u (C,) and k, v (B, C, T).
+def biwkv(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = CONTRACT.default_mode
+          ) -> torch.Tensor:
+    """Bi-WKV of ``contract.json`` in ``mode`` (one of ``CONTRACT.modes``): y (B, C, T) from w, u (C,)
+    and k, v (B, C, T).
 
     In eager mode this dispatches to ``torch.ops.hpcm.biwkv`` (whose CUDA kernel, once built,
     replaces the vectorised form on GPU). During ``torch.onnx.export`` it becomes exactly one node
-    ``CONTRACT.domain::CONTRACT.op_type`` with the plugin attributes TensorRT's parser reads.
+    ``CONTRACT.domain::CONTRACT.op_type`` with the plugin attributes TensorRT's parser reads and the mode.
     """
+    attributes = CONTRACT.node_attributes(mode)
     if torch.onnx.is_in_onnx_export():
         return torch.onnx.ops.symbolic(
             f"{CONTRACT.domain}::{CONTRACT.op_type}",
             (w, u, k, v),
-            CONTRACT.onnx_attributes,
+            attributes,
             dtype=k.dtype,
             shape=k.shape,
             version=CONTRACT.opset_version,
         )
-    return _biwkv_op(w, u, k, v)
+    return _biwkv_op(w, u, k, v, mode)

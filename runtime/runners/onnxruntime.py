@@ -9,9 +9,10 @@ contract's custom node take one of two routes (``wkv_op_route()``):
 * ``native``: the compiled custom-op library of ``hpcm.plugins.biwkv.cpu`` (C++ scan, float32 or
   float16 k/v), registered with the session; the graph runs as exported. Used whenever the library
   can be had (``ONNXRUNTIME_INCLUDE_DIR`` or ``HPCM_BIWKV_ORT_OP``).
-* ``python``: ``onnxruntime-extensions`` with the op in Python (``biwkv_eager``). Its custom ops
-  resolve only the domain ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain
-  rewritten. Correct, but every call copies its tensors through Python (~0.1 s per 6 MB tensor).
+* ``python``: ``onnxruntime-extensions`` with the op in Python (the guarded evaluation of the node's
+  mode, ``hpcm.plugins.biwkv.op.eager_form``). Its custom ops resolve only the domain
+  ``ai.onnx.contrib``, so a copy of the model gets its WKV nodes' domain rewritten. Correct, but every
+  call copies its tensors through Python (~0.1 s per 6 MB tensor).
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ def _register_python_op() -> None:
         ) from exc
     import numpy as np
 
-    from hpcm.plugins.biwkv.op import biwkv_eager
+    from hpcm.plugins.biwkv.op import eager_form
 
     @onnx_op(op_type=CONTRACT.op_type, domain=CONTRIB_DOMAIN,
              inputs=[PyCustomOpDef.dt_float] * 4, outputs=[PyCustomOpDef.dt_float],
-             attrs={name: PyCustomOpDef.dt_string for name in CONTRACT.onnx_attributes})
-    def _biwkv(w, u, k, v, **_attrs):
+             attrs={name: PyCustomOpDef.dt_string for name in CONTRACT.node_attributes(CONTRACT.default_mode)})
+    def _biwkv(w, u, k, v, mode: str = CONTRACT.default_mode, **_attrs):
         with torch.no_grad():
-            y = biwkv_eager(*(torch.from_numpy(np.ascontiguousarray(t)) for t in (w, u, k, v)))
+            y = eager_form(mode)(*(torch.from_numpy(np.ascontiguousarray(t)) for t in (w, u, k, v)))
         return y.numpy()
 
     _registered = True
@@ -77,7 +78,9 @@ def to_contrib_domain(model):
     """A copy of ``model`` whose Bi-WKV nodes live in ``ai.onnx.contrib`` (what ORT-extensions resolves).
 
     The Python op is registered for float32 only; WKV nodes of fp16 exports get float32 casts around
-    them, which is also what the op does inside (float32 accumulation).
+    them, which is also what the op does inside (float32 accumulation). Nodes without a mode (every
+    node of contract version 1) get the contract's default one: ORT-extensions requires each attribute
+    its op declares.
     """
     import onnx
 
@@ -96,6 +99,8 @@ def to_contrib_domain(model):
             nodes.append(node)
             continue
         node.domain = CONTRIB_DOMAIN
+        if not any(attribute.name == "mode" for attribute in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("mode", CONTRACT.default_mode))
         if node.input[2] not in half:
             nodes.append(node)
             continue
@@ -118,7 +123,7 @@ def to_contrib_domain(model):
 
 
 # Bumped when to_contrib_domain changes what it writes (cached rewrites of the old form are then unused).
-_CONTRIB_REWRITE_VERSION = 1
+_CONTRIB_REWRITE_VERSION = 2
 
 
 def contrib_graph(path: Path) -> Optional[bytes]:

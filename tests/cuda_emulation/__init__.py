@@ -63,15 +63,14 @@ def build_self_test(out_dir: Path, sanitizer: str, kernel_source: str | None = N
     return _link(out_dir, f"biwkv_kernel_test_{sanitizer}", sanitizer, kernel_source, [(SELF_TEST_SOURCE, [])])
 
 
-def build_plugin_harness(out_dir: Path, tensorrt_include: Path, plugin_identity: dict[str, str]) -> Path:
+def build_plugin_harness(out_dir: Path, tensorrt_include: Path, contract_definitions: list[str]) -> Path:
     """Compiles the TensorRT plugin against TensorRT's headers with the emulated kernel, and the
-    harness that drives it as TensorRT would (``biwkv_plugin_harness.cpp``). ``plugin_identity``
-    holds the NAME, VERSION and NAMESPACE that CMake passes from the contract."""
+    harness that drives it as TensorRT would (``biwkv_plugin_harness.cpp``). ``contract_definitions``
+    are the contract's names as CMake passes them (``WKVContract.compile_definitions``)."""
     if not (tensorrt_include / "NvInferRuntime.h").is_file():
         raise RuntimeError(f"no NvInferRuntime.h in {tensorrt_include}")
     trt = ["-isystem", str(tensorrt_include)]
-    identity = [f'-DHPCM_BIWKV_PLUGIN_{key}="{value}"' for key, value in plugin_identity.items()]
-    units = [(KERNEL_DIR / "biwkv_plugin.cpp", [*trt, *identity]),
+    units = [(KERNEL_DIR / "biwkv_plugin.cpp", [*trt, *contract_definitions]),
              (EMULATION_DIR / "biwkv_plugin_harness.cpp", trt)]
     return _link(out_dir, "biwkv_plugin_harness", "address", None, units)
 

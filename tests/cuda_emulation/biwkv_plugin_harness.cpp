@@ -1,14 +1,17 @@
-// Drives the TensorRT plugin the way TensorRT does, without TensorRT: getCreators, createPlugin,
-// the build-phase queries, then enqueue on the SIMT-emulated kernel, checked against the direct
-// float64 sum of shared/design/biwkv.md. Built only against TensorRT's headers (no libnvinfer).
+// Drives the TensorRT plugin the way TensorRT does, without TensorRT: getCreators, createPlugin (with
+// the mode field as the ONNX parser passes it, and from the fields an engine serialised), the
+// build-phase queries, then enqueue on the SIMT-emulated kernel, checked against direct float64 sums
+// of both modes (the exact formula of shared/design/biwkv.md, the vrwkv weights of reference.py).
+// Built only against TensorRT's headers (no libnvinfer).
 //
-//   biwkv_plugin_harness <expected name> <expected version> <expected namespace>
+//   biwkv_plugin_harness <name> <version> <namespace> <earlier version>...
 // Prints one line per check and "ALL PASSED" or "SOME CHECKS FAILED" (exit status 1).
 
 #include <NvInferRuntime.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -135,9 +138,54 @@ std::vector<double> directSum(std::vector<float> const& w, std::vector<float> co
     return y;
 }
 
-void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3OneBuild& build, int64_t B, int64_t C,
-    int64_t T, DataType io, std::mt19937& rng)
+// The vrwkv mode's weights as reference.py writes them out: for t in the chunk [s, s + L) of
+// L = ceil(T / 32) tokens, exp(-|t-n| w) for n < s or n > t, exp(-(t-n-1) w) + [n > s] (exp(-w) - 1)
+// exp((t+1-n) w) for s <= n < t, and exp(u) + [t > s] (1 - exp(w)) on the diagonal.
+std::vector<double> directVrwkvSum(std::vector<float> const& w, std::vector<float> const& u,
+    std::vector<double> const& k, std::vector<double> const& v, int64_t B, int64_t C, int64_t T)
 {
+    int64_t const length = (T + 31) / 32;
+    std::vector<double> y(k.size());
+    for (int64_t row = 0; row < B * C; ++row)
+    {
+        double const wc = w[static_cast<size_t>(row % C)];
+        double const uc = u[static_cast<size_t>(row % C)];
+        double const* kr = k.data() + row * T;
+        double const* vr = v.data() + row * T;
+        double const top = *std::max_element(kr, kr + T);
+        for (int64_t t = 0; t < T; ++t)
+        {
+            int64_t const s = t / length * length;
+            double num = 0.0;
+            double den = 0.0;
+            for (int64_t n = 0; n < T; ++n)
+            {
+                double weight = std::exp(-static_cast<double>(std::llabs(t - n)) * wc);
+                if (n == t)
+                {
+                    weight = std::exp(uc) + (t > s ? 1.0 - std::exp(wc) : 0.0);
+                }
+                else if (n >= s && n < t)
+                {
+                    weight = std::exp(-static_cast<double>(t - n - 1) * wc)
+                        + (n > s ? (std::exp(-wc) - 1.0) * std::exp(static_cast<double>(t + 1 - n) * wc) : 0.0);
+                }
+                double const e = weight * std::exp(kr[n] - top);
+                num += e * vr[n];
+                den += e;
+            }
+            y[static_cast<size_t>(row * T + t)] = num / den;
+        }
+    }
+    return y;
+}
+
+// Enqueues the plugin (`mode`: what it was created to compute) on (B, C, T) inputs and compares y with
+// the direct sum of that mode.
+void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3OneBuild& build, HpcmBiwkvMode mode,
+    int64_t B, int64_t C, int64_t T, DataType io, std::mt19937& rng)
+{
+    bool const vrwkv = mode == HpcmBiwkvMode::kVrwkv;
     bool const half = io == DataType::kHALF;
     size_t const n = static_cast<size_t>(B * C * T);
     std::uniform_real_distribution<double> uniform(-1.0, 1.0);
@@ -163,7 +211,8 @@ void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3One
         k[i] = half ? __half2float(k16[i]) : k32[i];
         v[i] = half ? __half2float(v16[i]) : v32[i];
     }
-    std::vector<double> const expected = directSum(w, u, k, v, B, C, T);
+    std::vector<double> const expected
+        = vrwkv ? directVrwkvSum(w, u, k, v, B, C, T) : directSum(w, u, k, v, B, C, T);
 
     std::vector<nvinfer1::DynamicPluginTensorDesc> const descs = buildDescs(B, C, T, io);
     size_t const workspaceBytes = build.getWorkspaceSize(descs.data(), 4, descs.data() + 4, 1);
@@ -187,54 +236,115 @@ void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3One
         worst = std::isnan(err) ? err : std::max(worst, err);
     }
     double const tolerance = half ? 1e-3 : 1e-5;
-    char line[160];
-    std::snprintf(line, sizeof line, "enqueue B=%lld C=%lld T=%lld %s workspace %zu B: max err %.3g (tol %.0e)",
-        static_cast<long long>(B), static_cast<long long>(C), static_cast<long long>(T), half ? "fp16" : "fp32",
-        workspaceBytes, worst, tolerance);
-    check(shapeOk && status == 0 && worst <= tolerance, line);
+    char line[200];
+    std::snprintf(line, sizeof line, "enqueue %s B=%lld C=%lld T=%lld %s workspace %zu B: max err %.3g (tol %.0e)",
+        vrwkv ? "vrwkv" : "exact", static_cast<long long>(B), static_cast<long long>(C), static_cast<long long>(T),
+        half ? "fp16" : "fp32", workspaceBytes, worst, tolerance);
+    check(shapeOk && status == 0 && workspaceBytes == hpcm_biwkv_workspace_bytes(B, C, T, mode)
+            && worst <= tolerance,
+        line);
+}
+
+struct Capabilities
+{
+    nvinfer1::IPluginV3OneCore* core;
+    nvinfer1::IPluginV3OneBuild* build;
+    nvinfer1::IPluginV3OneRuntime* runtime;
+};
+
+Capabilities capabilities(nvinfer1::IPluginV3& plugin)
+{
+    return Capabilities{static_cast<nvinfer1::IPluginV3OneCore*>(
+                            plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE)),
+        static_cast<nvinfer1::IPluginV3OneBuild*>(plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD)),
+        static_cast<nvinfer1::IPluginV3OneRuntime*>(
+            plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))};
+}
+
+// The fields a plugin gives an engine to store, as "name=value" (characters) joined by spaces.
+std::string serialised(nvinfer1::IPluginV3& plugin)
+{
+    nvinfer1::PluginFieldCollection const* fields = capabilities(plugin).runtime->getFieldsToSerialize();
+    std::string text;
+    for (int32_t i = 0; fields != nullptr && i < fields->nbFields; ++i)
+    {
+        nvinfer1::PluginField const& field = fields->fields[i];
+        text += (text.empty() ? "" : " ") + std::string(field.name) + "="
+            + (field.type == nvinfer1::PluginFieldType::kCHAR
+                    ? std::string(static_cast<char const*>(field.data), static_cast<size_t>(field.length))
+                    : std::string("(not characters)"));
+    }
+    return text;
+}
+
+// The "mode" field as the ONNX parser passes a string attribute (`terminated`: with a trailing NUL,
+// as some producers count it).
+nvinfer1::PluginField modeField(char const* mode, bool terminated = false)
+{
+    return nvinfer1::PluginField{"mode", mode, nvinfer1::PluginFieldType::kCHAR,
+        static_cast<int32_t>(std::strlen(mode) + (terminated ? 1 : 0))};
+}
+
+std::unique_ptr<nvinfer1::IPluginV3> attachedCopy(nvinfer1::IPluginV3& plugin)
+{
+    return std::unique_ptr<nvinfer1::IPluginV3>(capabilities(plugin).runtime->attachToContext(nullptr));
 }
 
 } // namespace
 
 int main(int argc, char** argv)
 {
-    if (argc != 4)
+    if (argc < 4)
     {
-        std::fprintf(stderr, "usage: %s NAME VERSION NAMESPACE\n", argv[0]);
+        std::fprintf(stderr, "usage: %s NAME VERSION NAMESPACE [EARLIER_VERSION...]\n", argv[0]);
         return 2;
     }
+    std::vector<std::string> const versions(argv + 2, argv + 3);
+    std::vector<std::string> const earlierVersions(argv + 4, argv + argc);
     RecordingLogger logger;
     FixedLoggerFinder finder(&logger);
     setLoggerFinder(&finder);
 
     int32_t nbCreators = 0;
     nvinfer1::IPluginCreatorInterface* const* creators = getCreators(nbCreators);
-    check(nbCreators == 1 && creators != nullptr && creators[0] != nullptr, "getCreators returns one creator");
-    nvinfer1::InterfaceInfo const info = creators[0]->getInterfaceInfo();
-    check(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0, std::string("creator interface ") + info.kind);
+    check(creators != nullptr && nbCreators == static_cast<int32_t>(1 + earlierVersions.size()),
+        "getCreators returns one creator per contract version");
+    if (creators == nullptr || nbCreators < 1)
+    {
+        return 1;
+    }
+    for (int32_t i = 0; i < nbCreators; ++i)
+    {
+        nvinfer1::InterfaceInfo const info = creators[i]->getInterfaceInfo();
+        check(std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0, std::string("creator interface ") + info.kind);
+        auto& creator = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]);
+        std::string const expected = i == 0 ? versions[0] : earlierVersions[static_cast<size_t>(i - 1)];
+        nvinfer1::PluginFieldCollection const* fields = creator.getFieldNames();
+        bool const listsMode = fields != nullptr && fields->nbFields == 1 && std::strcmp(fields->fields[0].name, "mode") == 0
+            && fields->fields[0].type == nvinfer1::PluginFieldType::kCHAR;
+        bool const listsNothing = fields != nullptr && fields->nbFields == 0;
+        check(std::strcmp(creator.getPluginName(), argv[1]) == 0 && creator.getPluginVersion() == expected
+                && std::strcmp(creator.getPluginNamespace(), argv[3]) == 0 && (i == 0 ? listsMode : listsNothing),
+            std::string("creator ") + creator.getPluginNamespace() + "::" + creator.getPluginName() + " v"
+                + creator.getPluginVersion() + (i == 0 ? " lists the field mode" : " lists no fields"));
+    }
     auto& creator = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[0]);
-    check(std::strcmp(creator.getPluginName(), argv[1]) == 0 && std::strcmp(creator.getPluginVersion(), argv[2]) == 0
-            && std::strcmp(creator.getPluginNamespace(), argv[3]) == 0,
-        std::string("creator identity ") + creator.getPluginNamespace() + "::" + creator.getPluginName() + " v"
-            + creator.getPluginVersion());
-    check(creator.getFieldNames() != nullptr && creator.getFieldNames()->nbFields == 0, "creator lists no fields");
 
-    nvinfer1::PluginFieldCollection const noFields{0, nullptr};
-    std::unique_ptr<nvinfer1::IPluginV3> plugin(creator.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kBUILD));
-    check(plugin != nullptr, "createPlugin (build phase)");
+    // Build phase: the ONNX parser passes the node's mode attribute.
+    nvinfer1::PluginField const vrwkvField = modeField("vrwkv");
+    nvinfer1::PluginFieldCollection const vrwkvFields{1, &vrwkvField};
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(creator.createPlugin("wkv", &vrwkvFields, nvinfer1::TensorRTPhase::kBUILD));
+    check(plugin != nullptr, "createPlugin (build phase, mode vrwkv)");
     if (!plugin)
     {
         return 1;
     }
-    auto* core = static_cast<nvinfer1::IPluginV3OneCore*>(
-        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE));
-    auto* build = static_cast<nvinfer1::IPluginV3OneBuild*>(
-        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        plugin->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    auto [core, build, runtime] = capabilities(*plugin);
     check(core != nullptr && build != nullptr && runtime != nullptr, "core, build and runtime capabilities");
-    check(std::strcmp(core->getPluginName(), argv[1]) == 0 && std::strcmp(core->getPluginNamespace(), argv[3]) == 0,
+    check(std::strcmp(core->getPluginName(), argv[1]) == 0 && core->getPluginVersion() == versions[0]
+            && std::strcmp(core->getPluginNamespace(), argv[3]) == 0,
         "plugin identity matches the creator");
+    check(serialised(*plugin) == "mode=vrwkv", "serialises its mode: " + serialised(*plugin));
 
     check(build->getNbOutputs() == 1, "one output");
     DataType const inTypes[4] = {DataType::kFLOAT, DataType::kFLOAT, DataType::kHALF, DataType::kHALF};
@@ -281,32 +391,82 @@ int main(int argc, char** argv)
 
     std::vector<nvinfer1::DynamicPluginTensorDesc> good = buildDescs(2, 3, 5000, DataType::kFLOAT);
     check(build->configurePlugin(good.data(), 4, good.data() + 4, 1) == 0, "configurePlugin accepts (B, C, T)");
-    check(build->getWorkspaceSize(good.data(), 4, good.data() + 4, 1) == hpcm_biwkv_workspace_bytes(2, 3, 5000)
-            && hpcm_biwkv_workspace_bytes(2, 3, 5000) > 0,
-        "workspace is the kernel's for the profile's largest shape");
+    size_t const vrwkvWorkspace = hpcm_biwkv_workspace_bytes(2, 3, 5000, HpcmBiwkvMode::kVrwkv);
+    check(build->getWorkspaceSize(good.data(), 4, good.data() + 4, 1) == vrwkvWorkspace
+            && vrwkvWorkspace > hpcm_biwkv_workspace_bytes(2, 3, 5000, HpcmBiwkvMode::kExact),
+        "workspace is the kernel's for the mode and the profile's largest shape");
     std::vector<nvinfer1::DynamicPluginTensorDesc> bad = good;
     bad[0].desc.dims = bad[0].min = bad[0].opt = bad[0].max = dims({4});
-    size_t const errorsBefore = logger.errors.size();
+    size_t errorsBefore = logger.errors.size();
     check(build->configurePlugin(bad.data(), 4, bad.data() + 4, 1) != 0 && logger.errors.size() == errorsBefore + 1
             && logger.errors.back().find(argv[1]) == 0,
         "configurePlugin refuses w with another C and logs why through the logger finder");
 
+    // Runtime phase: deserialising an engine hands the creator the fields the plugin serialised.
+    std::unique_ptr<nvinfer1::IPluginV3> deserialised(creator.createPlugin(
+        "wkv", capabilities(*plugin).runtime->getFieldsToSerialize(), nvinfer1::TensorRTPhase::kRUNTIME));
+    check(deserialised != nullptr && serialised(*deserialised) == "mode=vrwkv",
+        "createPlugin (runtime phase) from the serialised fields");
     std::mt19937 rng(7);
-    std::unique_ptr<nvinfer1::IPluginV3> attached(runtime->attachToContext(nullptr));
-    check(attached != nullptr && attached.get() != plugin.get(), "attachToContext returns a new plugin");
-    auto* attachedRuntime = static_cast<nvinfer1::IPluginV3OneRuntime*>(
-        attached->getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME));
+    std::unique_ptr<nvinfer1::IPluginV3> attached = attachedCopy(*deserialised);
+    check(attached != nullptr && attached.get() != deserialised.get(), "attachToContext returns a new plugin");
     for (DataType io : {DataType::kFLOAT, DataType::kHALF})
     {
-        checkEnqueue(*attachedRuntime, *build, 2, 3, 300, io, rng);
-        checkEnqueue(*attachedRuntime, *build, 1, 2, 2100, io, rng);
+        checkEnqueue(*capabilities(*attached).runtime, *build, HpcmBiwkvMode::kVrwkv, 2, 3, 300, io, rng);
+        checkEnqueue(*capabilities(*attached).runtime, *build, HpcmBiwkvMode::kVrwkv, 1, 2, 2100, io, rng);
     }
+
+    // A node without the field (and one whose field counts its NUL) computes the default, exact.
+    nvinfer1::PluginFieldCollection const noFields{0, nullptr};
+    std::unique_ptr<nvinfer1::IPluginV3> exact(creator.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kBUILD));
+    nvinfer1::PluginField const terminated = modeField("exact", true);
+    nvinfer1::PluginFieldCollection const terminatedFields{1, &terminated};
+    std::unique_ptr<nvinfer1::IPluginV3> exactTerminated(
+        creator.createPlugin("wkv", &terminatedFields, nvinfer1::TensorRTPhase::kBUILD));
+    check(exact != nullptr && serialised(*exact) == "mode=exact" && exactTerminated != nullptr
+            && serialised(*exactTerminated) == "mode=exact",
+        "no field, or \"exact\" with its NUL: mode exact");
+    if (exact)
+    {
+        std::unique_ptr<nvinfer1::IPluginV3> attachedExact = attachedCopy(*exact);
+        for (DataType io : {DataType::kFLOAT, DataType::kHALF})
+        {
+            checkEnqueue(*capabilities(*attachedExact).runtime, *capabilities(*exact).build, HpcmBiwkvMode::kExact, 2,
+                3, 300, io, rng);
+            checkEnqueue(*capabilities(*attachedExact).runtime, *capabilities(*exact).build, HpcmBiwkvMode::kExact, 1,
+                2, 2100, io, rng);
+        }
+    }
+    nvinfer1::PluginField const unknownField = modeField("chunky");
+    nvinfer1::PluginFieldCollection const unknownFields{1, &unknownField};
+    errorsBefore = logger.errors.size();
+    std::unique_ptr<nvinfer1::IPluginV3> unknown(creator.createPlugin("wkv", &unknownFields, nvinfer1::TensorRTPhase::kBUILD));
+    check(unknown == nullptr && logger.errors.size() == errorsBefore + 1
+            && logger.errors.back().find("chunky") != std::string::npos,
+        "createPlugin refuses an unknown mode and logs it");
+
+    // Nodes and engines of earlier contract versions: no fields, the default mode.
+    for (int32_t i = 1; i < nbCreators; ++i)
+    {
+        auto& earlier = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]);
+        std::unique_ptr<nvinfer1::IPluginV3> old(earlier.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kRUNTIME));
+        check(old != nullptr && capabilities(*old).core->getPluginVersion() == earlierVersions[static_cast<size_t>(i - 1)]
+                && serialised(*old).empty(),
+            std::string("version ") + earlier.getPluginVersion() + " plugin: its own version, nothing serialised");
+        if (old)
+        {
+            std::unique_ptr<nvinfer1::IPluginV3> attachedOld = attachedCopy(*old);
+            checkEnqueue(*capabilities(*attachedOld).runtime, *capabilities(*old).build, HpcmBiwkvMode::kExact, 2, 3,
+                300, DataType::kFLOAT, rng);
+        }
+    }
+
     nvinfer1::PluginTensorDesc const rank2[4] = {desc({3}, DataType::kFLOAT), desc({3}, DataType::kFLOAT),
         desc({3, 8}, DataType::kFLOAT), desc({3, 8}, DataType::kFLOAT)};
     float dummy = 0.0F;
     void const* dummyInputs[4] = {&dummy, &dummy, &dummy, &dummy};
     void* dummyOutputs[1] = {&dummy};
-    check(attachedRuntime->enqueue(rank2, rank2 + 2, dummyInputs, dummyOutputs, nullptr, nullptr) != 0,
+    check(capabilities(*attached).runtime->enqueue(rank2, rank2 + 2, dummyInputs, dummyOutputs, nullptr, nullptr) != 0,
         "enqueue refuses rank-2 tensors");
 
     setLoggerFinder(nullptr);
