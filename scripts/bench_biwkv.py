@@ -5,14 +5,17 @@ The kernel is timed with one pair of CUDA events per call on a dedicated stream.
 each batch of calls behind a sleep kernel, so the events see GPU time only (no launch gaps, no
 host-device copies). The floor is the kernel's compulsory traffic (read k and v, write y) at the
 device-to-device copy bandwidth measured in the same process. The vectorised op
-(``biwkv_eager``) synchronises with the host inside every call (its validity check), so it is timed
+(the mode's guarded evaluation) synchronises with the host inside every call (its validity check), so it is timed
 call by call and its numbers include that synchronisation.
 
 The ``BTC+`` column is the layout measurement: the RWKV cells hold (B, C, H*W) feature maps, so a
 (B, T, C) kernel would need k and v transposed in and y transposed back. It is three such transposes,
 timed like the kernel; a (B, T, C) kernel would have to beat this (B, C, T) one by that much to pay.
 
-    python scripts/bench_biwkv.py --B 1 --C 640 --T 1536 12288 34560 --dtype float32 float16
+Each mode of the contract (``--mode exact vrwkv``) is timed row by row, the vectorised op in the same
+mode beside it.
+
+    python scripts/bench_biwkv.py --B 1 --C 640 --T 1536 12288 34560 --dtype float32 float16 --mode exact vrwkv
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import time
 
 import torch
 
+from hpcm.plugins.biwkv import CONTRACT, WKV_MODES
 from hpcm.plugins.biwkv.cuda import load_cuda_kernel
-from hpcm.plugins.biwkv.op import biwkv_eager
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 BATCH = 50
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--C", type=int, default=640)
     parser.add_argument("--T", type=int, nargs="+", default=[1536, 12288, 34560])
     parser.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["float32", "float16"])
+    parser.add_argument("--mode", choices=CONTRACT.modes, nargs="+", default=list(CONTRACT.modes))
     parser.add_argument("--iters", type=int, default=200, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up calls (and at least one second)")
     parser.add_argument("--eager-iters", type=int, default=30, help="timed calls of the vectorised op")
@@ -115,45 +119,45 @@ def main() -> None:
     print(f"device copy bandwidth (read + write): {bandwidth / 1e9:.0f} GB/s")
     print("times in us; kernel excludes host launch overhead and host-device copies")
     header = (
-        f"{'B':>3} {'C':>5} {'T':>6} {'dtype':>7} | {'median':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'N':>4} | "
+        f"{'mode':>5} {'B':>3} {'C':>5} {'T':>6} {'dtype':>7} | {'median':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'N':>4} | "
         f"{'floor':>7} {'floor%':>6} {'GB/s':>6} | {'eager':>8} {'speedup':>7} | {'BTC+':>7}"
     )
     print(header)
     print("-" * len(header))
-    for dtype_name in args.dtype:
+    for mode, dtype_name, T in ((m, d, t) for m in args.mode for d in args.dtype for t in args.T):
         dtype = DTYPES[dtype_name]
-        for T in args.T:
-            g = torch.Generator(device="cuda").manual_seed(T)
-            w = (torch.rand(args.C, device="cuda", generator=g) * 6 - 3) / T
-            u = (torch.rand(args.C, device="cuda", generator=g) * 4 - 2) / T
-            k = (torch.rand(args.B, args.C, T, device="cuda", generator=g) * 8 - 4).to(dtype)
-            v = (torch.rand(args.B, args.C, T, device="cuda", generator=g) * 2 - 1).to(dtype)
+        mode_index = CONTRACT.modes.index(mode)
+        g = torch.Generator(device="cuda").manual_seed(T)
+        w = (torch.rand(args.C, device="cuda", generator=g) * 6 - 3) / T
+        u = (torch.rand(args.C, device="cuda", generator=g) * 4 - 2) / T
+        k = (torch.rand(args.B, args.C, T, device="cuda", generator=g) * 8 - 4).to(dtype)
+        v = (torch.rand(args.B, args.C, T, device="cuda", generator=g) * 2 - 1).to(dtype)
 
-            def kernel():
-                return extension.forward(w, u, k, v)
+        def kernel():
+            return extension.forward(w, u, k, v, mode_index)
 
-            def eager():
-                return biwkv_eager(w, u, k, v)
+        def eager():
+            return WKV_MODES[mode].eager(w, u, k, v)
 
-            warm_up(kernel, stream, args.warmup, 1.0)
-            stats = summary(time_queued(kernel, stream, args.iters))
+        warm_up(kernel, stream, args.warmup, 1.0)
+        stats = summary(time_queued(kernel, stream, args.iters))
 
-            def transpose():
-                return k.transpose(1, 2).contiguous()
+        def transpose():
+            return k.transpose(1, 2).contiguous()
 
-            warm_up(transpose, stream, args.warmup, 0.2)
-            transposes_us = 3 * summary(time_queued(transpose, stream, args.iters))["median"]
-            warm_up(eager, stream, 3, 0.0)
-            eager_stats = summary(time_synchronous(eager, stream, args.eager_iters))
+        warm_up(transpose, stream, args.warmup, 0.2)
+        transposes_us = 3 * summary(time_queued(transpose, stream, args.iters))["median"]
+        warm_up(eager, stream, 3, 0.0)
+        eager_stats = summary(time_synchronous(eager, stream, args.eager_iters))
 
-            traffic = 3 * k.numel() * k.element_size() + 2 * args.C * 4
-            floor_us = traffic / bandwidth * 1e6
-            print(
-                f"{args.B:>3} {args.C:>5} {T:>6} {dtype_name:>7} | {stats['median']:>8.1f} {stats['p90']:>8.1f} "
-                f"{stats['p99']:>8.1f} {stats['mean']:>8.1f} {stats['n']:>4} | {floor_us:>7.1f} "
-                f"{100 * floor_us / stats['median']:>5.0f}% {traffic / (stats['median'] * 1e-6) / 1e9:>6.0f} | "
-                f"{eager_stats['median']:>8.1f} {eager_stats['median'] / stats['median']:>6.1f}x | {transposes_us:>7.1f}"
-            )
+        traffic = 3 * k.numel() * k.element_size() + 2 * args.C * 4
+        floor_us = traffic / bandwidth * 1e6
+        print(
+            f"{mode:>5} {args.B:>3} {args.C:>5} {T:>6} {dtype_name:>7} | {stats['median']:>8.1f} {stats['p90']:>8.1f} "
+            f"{stats['p99']:>8.1f} {stats['mean']:>8.1f} {stats['n']:>4} | {floor_us:>7.1f} "
+            f"{100 * floor_us / stats['median']:>5.0f}% {traffic / (stats['median'] * 1e-6) / 1e9:>6.0f} | "
+            f"{eager_stats['median']:>8.1f} {eager_stats['median'] / stats['median']:>6.1f}x | {transposes_us:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from hpcm.models import build_model
 from hpcm.models.cdf_tables import default_scale_table, scale_indexes
 from hpcm.models.cells import SpatialMix
 from hpcm.models.hpcm import HPCM
-from hpcm.plugins.biwkv import WKV_MODES, WKVMode
+from hpcm.plugins.biwkv import WKV_MODES
 from hpcm.plugins.biwkv.reference import biwkv_vrwkv_scan
 from hpcm.runtime.session import eager_codec
 
@@ -89,12 +89,14 @@ def run(model: HPCM, x: torch.Tensor, stream: bool) -> Run:
 
 
 def with_kernel_eps(model: HPCM) -> HPCM:
-    """``model`` whose spatial mixes run the kernel's float64 recurrences with its EPS term."""
-    exact_kernel = WKVMode("vrwkv+eps", lambda w, u, k, v: biwkv_vrwkv_scan(w, u, k, v, KERNEL_EPS).to(k.dtype),
-                           WKV_MODES["vrwkv"].closed_form, WKV_MODES["vrwkv"].reference, False, "vrwkv with EPS")
+    """``model`` whose spatial mixes run the kernel's float64 recurrences with its EPS term: set as the
+    form they compute in place of the op (their closed form), since no implementation of the op has EPS."""
+    with_eps = replace(WKV_MODES["vrwkv"], name="vrwkv+eps", doc="vrwkv with EPS",
+                       closed_form=lambda w, u, k, v: biwkv_vrwkv_scan(w, u, k, v, KERNEL_EPS).to(k.dtype))
     for module in model.modules():
         if isinstance(module, SpatialMix):
-            module.mode = exact_kernel
+            module.mode = with_eps
+            module.wkv_form = "closed_form"
     return model
 
 

@@ -216,38 +216,76 @@ def test_convert_encode_decode_train_accept_fork_checkpoints(tmp_path, fork_file
 
 
 def test_export_of_a_fork_checkpoint(tmp_path, fork_files):
-    """The fork's phase2 exports as standard ops by default (its vrwkv Bi-WKV has no custom node) and
-    matches eager; converted to phase2 (exact Bi-WKV) it exports with one custom WKV node per call."""
+    """The fork's phase2 exports with one custom WKV node per call, each carrying its vrwkv mode (custom is
+    every mode's default), and matches eager; asked for, the decomposed route still exports it too."""
     pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
     from hpcm.cli.export_cmds import export_main
     from hpcm.export.artifact import ExportDir
+    from hpcm.plugins.biwkv import CONTRACT
     from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     from .graph_parity import graph_outputs, relative_error
 
     runner = CliRunner()
-    out = tmp_path / "fork"
-    result = runner.invoke(export_main, ["--checkpoint", str(fork_files[2]), "-o", str(out), "--graph", "step05",
-                                         "--opt-size", "128", "128"])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["wkv"] == "decomposed" and manifest["variant"]["name"] == "phase2-vrwkv"
     model = load_checkpoint(fork_files[2]).eval()
     model.update()
-    with OnnxRuntimeRunner(ExportDir.open(out)) as ort_runner:
-        for graph, name, got, expected in graph_outputs(ort_runner, model, (128, 256), ["step05"], seed=1):
-            assert relative_error(got, expected) <= 1e-5, (graph, name)
+    for route, extra in (("custom", []), ("decomposed", ["--wkv", "decomposed"])):
+        out = tmp_path / route
+        result = runner.invoke(export_main, ["--checkpoint", str(fork_files[2]), "-o", str(out), "--graph", "step05",
+                                             "--opt-size", "128", "128", *extra])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["wkv"] == route and manifest["variant"]["name"] == "phase2-vrwkv"
+        nodes = [n for n in onnx.load(str(out / "step05.onnx")).graph.node if n.op_type == CONTRACT.op_type]
+        assert len(nodes) == manifest["graphs"]["step05"]["wkv_nodes"] == (1 if route == "custom" else 0)
+        for node in nodes:
+            attributes = {a.name: onnx.helper.get_attribute_value(a).decode() for a in node.attribute}
+            assert attributes == CONTRACT.node_attributes("vrwkv")
+        with OnnxRuntimeRunner(ExportDir.open(out)) as ort_runner:
+            for graph, name, got, expected in graph_outputs(ort_runner, model, (128, 256), ["step05"], seed=1):
+                assert relative_error(got, expected) <= 1e-5, (route, graph, name)
 
-    refused = runner.invoke(export_main, ["--checkpoint", str(fork_files[2]), "-o", str(tmp_path / "no"),
-                                          "--wkv", "custom", "--graph", "step05", "--opt-size", "128", "128"])
-    assert refused.exit_code != 0 and "--wkv decomposed" in refused.output
 
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", [2, 4])
+def test_fork_checkpoint_deploys_with_the_custom_node(tmp_path, phase, images):
+    """A fork checkpoint as its train.py saves it: every graph of the default export holds custom WKV
+    nodes only (mode vrwkv), ``hpcm check`` passes on ONNX Runtime, and streams cross between the export
+    and eager phaseN-vrwkv both ways."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime_extensions")
     onnx = pytest.importorskip("onnx")
-    converted = tmp_path / "phase2.pt"
-    assert runner.invoke(main, ["convert", str(fork_files[2]), "--to", "phase2", "-o", str(converted)]).exit_code == 0
-    out = tmp_path / "exact"
-    result = runner.invoke(export_main, ["--checkpoint", str(converted), "-o", str(out), "--graph", "step05",
-                                         "--opt-size", "128", "128"])
+    from hpcm.plugins.biwkv import CONTRACT
+
+    checkpoint = fork_training_file(build_model(tiny(f"phase{phase}-vrwkv"), seed=phase),
+                                    tmp_path / f"phase{phase}_epoch_best.pth.tar")
+    runner = CliRunner()
+    out = tmp_path / "export"
+    result = runner.invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out), "--opt-size", "128", "128"])
     assert result.exit_code == 0, result.output
-    nodes = [n for n in onnx.load(str(out / "step05.onnx")).graph.node if n.op_type == "HPCMBiWKV"]
-    assert len(nodes) == 1 == json.loads((out / "manifest.json").read_text())["graphs"]["step05"]["wkv_nodes"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["wkv"] == "custom" and manifest["variant"]["name"] == f"phase{phase}-vrwkv"
+    modes = set()
+    for name, record in manifest["graphs"].items():
+        graph = onnx.load(str(out / record["file"]["file"]), load_external_data=False)
+        wkv = [n for n in graph.graph.node if n.op_type == CONTRACT.op_type]
+        assert len(wkv) == record["wkv_nodes"], name
+        assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node if n not in wkv), name
+        modes |= {onnx.helper.get_attribute_value(a).decode() for n in wkv for a in n.attribute if a.name == "mode"}
+    assert modes == {"vrwkv"} and sum(r["wkv_nodes"] for r in manifest["graphs"].values()) > 0
+
+    report = tmp_path / "check.json"
+    result = runner.invoke(main, ["check", str(out), "-c", str(checkpoint), "--images", str(images), "--limit", "1",
+                                  "--report", str(report)])
+    assert result.exit_code == 0, result.output
+
+    image = images / "0.png"
+    for encoder, decoder in ((["--export", str(out)], ["--checkpoint", str(checkpoint)]),
+                             (["--checkpoint", str(checkpoint)], ["--export", str(out)])):
+        stream, decoded = tmp_path / "x.hpcm", tmp_path / "x.png"
+        result = runner.invoke(main, ["encode", str(image), "-o", str(stream), *encoder])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(main, ["decode", str(stream), "-o", str(decoded), "--reference", str(image), *decoder])
+        assert result.exit_code == 0, result.output
+        assert Image.open(decoded).size == Image.open(image).size
