@@ -143,96 +143,52 @@ inline void store(uint16_t* p, float x)
 }
 
 template <typename Elem>
-void exactRows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T,
+void rows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T, int32_t mode,
     int64_t first, int64_t last)
 {
-    std::vector<Scan> past(static_cast<size_t>(T));
-    std::vector<float> keys(static_cast<size_t>(T));
-    std::vector<float> values(static_cast<size_t>(T));
-    for (int64_t row = first; row < last; ++row)
-    {
-        double const wc = w[row % C];
-        double const uc = u[row % C];
-        Elem const* kRow = k + row * T;
-        Elem const* vRow = v + row * T;
-        Elem* yRow = y + row * T;
-        Scan forward = kEmpty;
-        for (int64_t t = 0; t < T; ++t)
-        {
-            keys[t] = load(kRow[t]);
-            values[t] = load(vRow[t]);
-            past[t] = forward;
-            forward = push(forward, keys[t], values[t], wc);
-        }
-        Scan backward = kEmpty;
-        for (int64_t t = T - 1; t >= 0; --t)
-        {
-            store(yRow + t, mix(past[t], backward, uc + keys[t], values[t]));
-            backward = push(backward, keys[t], values[t], wc);
-        }
-    }
-}
-
-template <typename Elem>
-void vrwkvRows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T,
-    int64_t first, int64_t last)
-{
+    bool const vrwkv = mode == HPCM_BIWKV_MODE_VRWKV;
     int64_t const chunk = (T + HPCM_BIWKV_VRWKV_CHUNKS - 1) / HPCM_BIWKV_VRWKV_CHUNKS;
     std::vector<Scan> past(static_cast<size_t>(T));
-    std::vector<Scan> restarts(static_cast<size_t>(T));
+    std::vector<Scan> restarts(vrwkv ? static_cast<size_t>(T) : 0);
     std::vector<float> keys(static_cast<size_t>(T));
     std::vector<float> values(static_cast<size_t>(T));
     for (int64_t row = first; row < last; ++row)
     {
         double const wc = w[row % C];
         double const uc = u[row % C];
-        double const restartCoefficient = -std::expm1(wc);
         Elem const* kRow = k + row * T;
         Elem const* vRow = v + row * T;
         Elem* yRow = y + row * T;
         Scan exact = kEmpty;   // every token before t, weighed as the exact formula does
-        Scan chunked = kEmpty; // past_t
-        Scan restart = kEmpty; // tokens s+1..t, weighed exp((t-n) w): a scan with decay -w
+        Scan chunked = kEmpty; // vrwkv: past_t
+        Scan restart = kEmpty; // vrwkv: tokens s+1..t, weighed exp((t-n) w): a scan with decay -w
         for (int64_t t = 0; t < T; ++t)
         {
             keys[t] = load(kRow[t]);
             values[t] = load(vRow[t]);
-            bool const start = t % chunk == 0;
-            if (start)
+            if (vrwkv)
             {
-                chunked = shifted(exact, wc);
-                restart = kEmpty;
+                bool const start = t % chunk == 0;
+                chunked = start ? shifted(exact, wc) : chunked;
+                restart = start ? kEmpty : push(restart, keys[t], values[t], -wc);
+                restarts[t] = restart;
+                past[t] = chunked;
+                chunked = push(chunked, keys[t], values[t], wc);
             }
             else
             {
-                restart = push(restart, keys[t], values[t], -wc);
+                past[t] = exact;
             }
-            past[t] = chunked;
-            restarts[t] = restart;
             exact = push(exact, keys[t], values[t], wc);
-            chunked = push(chunked, keys[t], values[t], wc);
         }
         Scan backward = kEmpty;
         for (int64_t t = T - 1; t >= 0; --t)
         {
             store(yRow + t,
-                mix(past[t], shifted(backward, wc), uc + keys[t], values[t], restarts[t], restartCoefficient));
+                vrwkv ? mix(past[t], shifted(backward, wc), uc + keys[t], values[t], restarts[t], -std::expm1(wc))
+                      : mix(past[t], backward, uc + keys[t], values[t]));
             backward = push(backward, keys[t], values[t], wc);
         }
-    }
-}
-
-template <typename Elem>
-void rows(float const* w, float const* u, Elem const* k, Elem const* v, Elem* y, int64_t C, int64_t T, int32_t mode,
-    int64_t first, int64_t last)
-{
-    if (mode == HPCM_BIWKV_MODE_VRWKV)
-    {
-        vrwkvRows(w, u, k, v, y, C, T, first, last);
-    }
-    else
-    {
-        exactRows(w, u, k, v, y, C, T, first, last);
     }
 }
 

@@ -100,51 +100,34 @@ std::vector<nvinfer1::DynamicPluginTensorDesc> buildDescs(int64_t B, int64_t C, 
     return out;
 }
 
-// The biwkv.md formula as written: every pair (t, i) summed directly, in double.
-std::vector<double> directSum(std::vector<float> const& w, std::vector<float> const& u, std::vector<double> const& k,
-    std::vector<double> const& v, int64_t B, int64_t C, int64_t T)
+// The weight a_tn of exp(k_n) in y_t = sum_n a_tn exp(k_n) v_n / sum_n a_tn exp(k_n), as written out:
+// exact, the biwkv.md formula; vrwkv, reference.py's weights for t in the chunk [s, s + L) of
+// L = ceil(T / 32) tokens: exp(-|t-n| w) for n < s or n > t, exp(-(t-n-1) w) + [n > s] (exp(-w) - 1)
+// exp((t+1-n) w) for s <= n < t, and exp(u) + [t > s] (1 - exp(w)) on the diagonal.
+double weight(HpcmBiwkvMode mode, int64_t t, int64_t n, int64_t T, double w, double u)
 {
-    std::vector<double> y(k.size());
-    for (int64_t row = 0; row < B * C; ++row)
+    double const distance = static_cast<double>(std::llabs(t - n));
+    if (mode == HpcmBiwkvMode::kExact)
     {
-        double const wc = w[static_cast<size_t>(row % C)];
-        double const uc = u[static_cast<size_t>(row % C)];
-        double const* kr = k.data() + row * T;
-        double const* vr = v.data() + row * T;
-        for (int64_t t = 0; t < T; ++t)
-        {
-            double top = uc + kr[t];
-            for (int64_t i = 0; i < T; ++i)
-            {
-                if (i != t)
-                {
-                    top = std::max(top, -static_cast<double>(std::llabs(t - i) - 1) * wc + kr[i]);
-                }
-            }
-            double num = std::exp(uc + kr[t] - top) * vr[t];
-            double den = std::exp(uc + kr[t] - top);
-            for (int64_t i = 0; i < T; ++i)
-            {
-                if (i != t)
-                {
-                    double const weight = std::exp(-static_cast<double>(std::llabs(t - i) - 1) * wc + kr[i] - top);
-                    num += weight * vr[i];
-                    den += weight;
-                }
-            }
-            y[static_cast<size_t>(row * T + t)] = num / den;
-        }
+        return n == t ? std::exp(u) : std::exp(-(distance - 1.0) * w);
     }
-    return y;
+    int64_t const length = (T + 31) / 32;
+    int64_t const s = t / length * length;
+    if (n == t)
+    {
+        return std::exp(u) + (t > s ? 1.0 - std::exp(w) : 0.0);
+    }
+    if (n >= s && n < t)
+    {
+        return std::exp(-(distance - 1.0) * w) + (n > s ? (std::exp(-w) - 1.0) * std::exp((distance + 1.0) * w) : 0.0);
+    }
+    return std::exp(-distance * w);
 }
 
-// The vrwkv mode's weights as reference.py writes them out: for t in the chunk [s, s + L) of
-// L = ceil(T / 32) tokens, exp(-|t-n| w) for n < s or n > t, exp(-(t-n-1) w) + [n > s] (exp(-w) - 1)
-// exp((t+1-n) w) for s <= n < t, and exp(u) + [t > s] (1 - exp(w)) on the diagonal.
-std::vector<double> directVrwkvSum(std::vector<float> const& w, std::vector<float> const& u,
+// Every pair (t, n) summed directly, in double (the harness's w keep every weight within exp(+-3)).
+std::vector<double> directSum(HpcmBiwkvMode mode, std::vector<float> const& w, std::vector<float> const& u,
     std::vector<double> const& k, std::vector<double> const& v, int64_t B, int64_t C, int64_t T)
 {
-    int64_t const length = (T + 31) / 32;
     std::vector<double> y(k.size());
     for (int64_t row = 0; row < B * C; ++row)
     {
@@ -155,22 +138,11 @@ std::vector<double> directVrwkvSum(std::vector<float> const& w, std::vector<floa
         double const top = *std::max_element(kr, kr + T);
         for (int64_t t = 0; t < T; ++t)
         {
-            int64_t const s = t / length * length;
             double num = 0.0;
             double den = 0.0;
             for (int64_t n = 0; n < T; ++n)
             {
-                double weight = std::exp(-static_cast<double>(std::llabs(t - n)) * wc);
-                if (n == t)
-                {
-                    weight = std::exp(uc) + (t > s ? 1.0 - std::exp(wc) : 0.0);
-                }
-                else if (n >= s && n < t)
-                {
-                    weight = std::exp(-static_cast<double>(t - n - 1) * wc)
-                        + (n > s ? (std::exp(-wc) - 1.0) * std::exp(static_cast<double>(t + 1 - n) * wc) : 0.0);
-                }
-                double const e = weight * std::exp(kr[n] - top);
+                double const e = weight(mode, t, n, T, wc, uc) * std::exp(kr[n] - top);
                 num += e * vr[n];
                 den += e;
             }
@@ -211,8 +183,7 @@ void checkEnqueue(nvinfer1::IPluginV3OneRuntime& runtime, nvinfer1::IPluginV3One
         k[i] = half ? __half2float(k16[i]) : k32[i];
         v[i] = half ? __half2float(v16[i]) : v32[i];
     }
-    std::vector<double> const expected
-        = vrwkv ? directVrwkvSum(w, u, k, v, B, C, T) : directSum(w, u, k, v, B, C, T);
+    std::vector<double> const expected = directSum(mode, w, u, k, v, B, C, T);
 
     std::vector<nvinfer1::DynamicPluginTensorDesc> const descs = buildDescs(B, C, T, io);
     size_t const workspaceBytes = build.getWorkspaceSize(descs.data(), 4, descs.data() + 4, 1);
