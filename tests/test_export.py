@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -85,6 +86,36 @@ def test_custom_node_contract(custom_export, phase2):
     assert opsets[CONTRACT.domain] == CONTRACT.opset_version
     assert opsets.get("", opsets.get("ai.onnx")) == 18
     assert not {n.op_type for n in model.graph.node} & set(FORBIDDEN_OPS)
+
+
+def test_export_of_contract_version_1_opens_and_runs_exact(custom_export, phase2, tmp_path):
+    """An export written before the mode attribute (contract version 1: nodes without ``mode``,
+    ``plugin_version`` "1", opset 1 of the domain) opens and runs, as the exact formula it computed."""
+    out, _ = custom_export
+    old = tmp_path / "version1"
+    shutil.copytree(out, old)
+    graph = old / "step01.onnx"
+    model = onnx.load(str(graph), load_external_data=False)
+    for node in _wkv_nodes(model):
+        attributes = [onnx.helper.make_attribute("plugin_version", "1"),
+                      onnx.helper.make_attribute("plugin_namespace", CONTRACT.plugin_namespace)]
+        del node.attribute[:]
+        node.attribute.extend(attributes)
+    next(o for o in model.opset_import if o.domain == CONTRACT.domain).version = 1
+    onnx.save(model, str(graph))
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["graphs"]["step01"]["file"].update(sha256=hashlib.sha256(graph.read_bytes()).hexdigest(),
+                                                bytes=graph.stat().st_size)
+    contract = manifest["wkv_contract"]
+    contract.update(plugin_version="1", opset_version=1, formula=contract["modes"][0]["formula"])
+    for key in ("earlier_plugin_versions", "modes"):
+        del contract[key]
+    contract["attributes"] = [a for a in contract["attributes"] if a["name"] != "mode"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+
+    with OnnxRuntimeRunner(ExportDir.open(old)) as runner:
+        for _, name, got, expected in graph_outputs(runner, phase2, SIZE, ["step01"], seed=4):
+            assert relative_error(got, expected) <= 1e-5, name
 
 
 def test_dynamic_dims(custom_export):
