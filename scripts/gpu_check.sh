@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One-command check of the Bi-WKV CUDA kernel on a GPU machine: CMake build for the local GPU (the
 # TensorRT plugin too when TENSORRT_ROOT names TensorRT's headers), the C++ self-test, the GPU pytest
-# suite (the float64 grid and an eager phase2 model on the GPU), compute-sanitizer memcheck and
-# racecheck on the self-test, and the benchmark at B=1, C=640 against the DRAM floor and the
-# vectorised PyTorch op. Meant to finish within 8 minutes on an H100. Where TensorRT is importable
+# suite (the float64 grid and eager phase2 / phase2-vrwkv models on the GPU), compute-sanitizer memcheck
+# and racecheck on the self-test, and the benchmark at B=1, C=640 against the DRAM floor and the
+# vectorised PyTorch op, each in both Bi-WKV modes. Meant to finish within 10 minutes on an H100. Where TensorRT is importable
 # and the plugin was built, it then exports phase2, builds its engines and runs `hpcm check` on
 # TensorRT. Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log (plus
 # bench_biwkv.txt, torch_extension_build.log and, with TensorRT, check_tensorrt.json).
@@ -56,7 +56,7 @@ step "configure" cmake -S plugins -B "$BUILD" -DCMAKE_CUDA_COMPILER="$NVCC" -DCM
 step "build" cmake --build "$BUILD" -j "$(nproc)"
 step "kernel self-test" timeout 120 "$BUILD/biwkv_kernel_test"
 step "torch extension" wait_for_extension
-step "pytest -m gpu" timeout 300 "$PYTHON" -m pytest -m gpu -q -rs tests/test_biwkv_cuda.py
+step "pytest -m gpu" timeout 600 "$PYTHON" -m pytest -m gpu -q -rs tests/test_biwkv_cuda.py
 
 # nvcc may be a wrapper script outside the toolkit, so look in the usual toolkit places too.
 find_sanitizer() {
@@ -72,7 +72,7 @@ SANITIZER="$(find_sanitizer)"
 step "memcheck" timeout 180 "$SANITIZER" --tool memcheck --error-exitcode 3 "$BUILD/biwkv_kernel_test" --quick
 step "racecheck" timeout 180 "$SANITIZER" --tool racecheck --error-exitcode 3 "$BUILD/biwkv_kernel_test" --quick
 
-step "benchmark" bash -o pipefail -c 'timeout 240 "$0" scripts/bench_biwkv.py --B 1 --C 640 --T 1536 12288 34560 \
+step "benchmark" bash -o pipefail -c 'timeout 480 "$0" scripts/bench_biwkv.py --B 1 --C 640 --T 1536 12288 34560 \
     --dtype float32 float16 | tee "$1"' "$PYTHON" "$LOG_DIR/bench_biwkv.txt"
 
 # TensorRT: engines of a phase2 codec export (no forward graph: the codec does not use it) built with
