@@ -119,7 +119,8 @@ def main() -> None:
     print(f"device copy bandwidth (read + write): {bandwidth / 1e9:.0f} GB/s")
     print("times in us; kernel excludes host launch overhead and host-device copies")
     header = (
-        f"{'mode':>5} {'B':>3} {'C':>5} {'T':>6} {'dtype':>7} | {'median':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'N':>4} | "
+        f"{'mode':>5} {'B':>3} {'C':>5} {'T':>6} {'dtype':>7} | "
+        f"{'median':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'N':>4} | "
         f"{'floor':>7} {'floor%':>6} {'GB/s':>6} | {'eager':>8} {'speedup':>7} | {'BTC+':>7}"
     )
     print(header)

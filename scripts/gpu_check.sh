@@ -3,9 +3,9 @@
 # TensorRT plugin too when TENSORRT_ROOT names TensorRT's headers), the C++ self-test, the GPU pytest
 # suite (the float64 grid and eager phase2 / phase2-vrwkv models on the GPU), compute-sanitizer memcheck
 # and racecheck on the self-test, and the benchmark at B=1, C=640 against the DRAM floor and the
-# vectorised PyTorch op, each in both Bi-WKV modes. Meant to finish within 10 minutes on an H100. Where TensorRT is importable
-# and the plugin was built, it then exports phase2, builds its engines and runs `hpcm check` on
-# TensorRT. Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log (plus
+# vectorised PyTorch op, each in both Bi-WKV modes. Meant to finish within 10 minutes on an H100.
+# Where TensorRT is importable and the plugin was built, it then exports phase2, builds its engines
+# and runs `hpcm check` on TensorRT. Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log (plus
 # bench_biwkv.txt, torch_extension_build.log and, with TensorRT, check_tensorrt.json).
 #
 #   scripts/gpu_check.sh            # PYTHON=/path/to/python and NVCC=/path/to/nvcc override

@@ -3,7 +3,8 @@
 The unchanged kernel source and ``biwkv_kernel_test.cpp`` are compiled for the CPU against the SIMT
 emulation in ``tests/cuda_emulation`` (one std::thread per CUDA thread, real barriers and warp
 shuffles), so the tiling, the block and warp scans, the multi-tile prefix pass, the float16 path and
-the vrwkv mode's segmented scan are checked against the self-test's float64 references in CI. AddressSanitizer stands in for
+the vrwkv mode's segmented scan are checked against the self-test's float64 references in CI.
+AddressSanitizer stands in for
 compute-sanitizer's memcheck, ThreadSanitizer for its racecheck; the mutation tests show that each
 of them catches the bug it is here for. With TensorRT's headers (env TENSORRT_ROOT), the plugin is
 compiled too and driven as TensorRT drives it, down to enqueue on the emulated kernel. Float rounding of the GPU's own expf and the kernel's speed

@@ -262,7 +262,8 @@ def test_fork_checkpoint_deploys_with_the_custom_node(tmp_path, phase, images):
                                     tmp_path / f"phase{phase}_epoch_best.pth.tar")
     runner = CliRunner()
     out = tmp_path / "export"
-    result = runner.invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out), "--opt-size", "128", "128"])
+    result = runner.invoke(main, ["export", "--checkpoint", str(checkpoint), "-o", str(out),
+                                  "--opt-size", "128", "128"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["wkv"] == "custom" and manifest["variant"]["name"] == f"phase{phase}-vrwkv"

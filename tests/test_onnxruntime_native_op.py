@@ -44,7 +44,8 @@ def _single_node_model(elem_type: int, mode: str = CONTRACT.default_mode, attrib
          helper.make_tensor_value_info("u", onnx.TensorProto.FLOAT, ["C"]),
          helper.make_tensor_value_info("k", elem_type, dims), helper.make_tensor_value_info("v", elem_type, dims)],
         [helper.make_tensor_value_info("y", elem_type, dims)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(CONTRACT.domain, opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(CONTRACT.domain, opset)])
     return model.SerializeToString()
 
 
@@ -66,7 +67,8 @@ def _inputs(B, C, T, seed):
 @pytest.mark.parametrize("shape", [(1, 4, 1), (2, 32, 20), (2, 32, 33), (1, 64, 1536)])
 def test_float32_node_matches_float64_scan(library, shape, mode):
     w, u, k, v = _inputs(*shape, seed=shape[2])
-    (y,) = _session(library, onnx.TensorProto.FLOAT, mode).run(None, {n: t.numpy() for n, t in zip("wukv", (w, u, k, v))})
+    feed = {n: t.numpy() for n, t in zip("wukv", (w, u, k, v))}
+    (y,) = _session(library, onnx.TensorProto.FLOAT, mode).run(None, feed)
     assert np.abs(y - WKV_MODES[mode].reference(w, u, k, v).numpy()).max() <= 1e-6
     assert np.array_equal(y, biwkv_cpu(w, u, k, v, mode).numpy())
 

@@ -108,7 +108,8 @@ __device__ __forceinline__ float mixChunked(
     float const b = expf(future.m - top);
     float const c = expf(diagonal - top);
     float const r = restartCoefficient * expf(restart.m - top);
-    return (a * past.num + b * future.num + c * v + r * restart.num) / (a * past.den + b * future.den + c + r * restart.den);
+    return (a * past.num + b * future.num + c * v + r * restart.num)
+        / (a * past.den + b * future.den + c + r * restart.den);
 }
 
 __device__ __forceinline__ Scan shuffleUp(Scan s, int delta)
@@ -579,7 +580,8 @@ __device__ __forceinline__ void mixRun(ThreadRun<VrwkvForward> const& run, Vrwkv
         out[j] = 0.0f;
         if (j < run.count)
         {
-            out[j] = mixChunked(past[j], shifted(backward, wc), uc + run.k[j], run.v[j], restart[j], restartCoefficient);
+            out[j] = mixChunked(
+                past[j], shifted(backward, wc), uc + run.k[j], run.v[j], restart[j], restartCoefficient);
             backward = push(backward, run.k[j], run.v[j], wc);
         }
     }

@@ -226,7 +226,8 @@ BiwkvOp::BiwkvOp(ONNXTensorElementDataType type)
 {
     version = kApiVersion;
     CreateKernel = nullptr;
-    CreateKernelV2 = [](OrtCustomOp const* self, OrtApi const*, OrtKernelInfo const* info, void** kernel) -> OrtStatusPtr
+    CreateKernelV2
+        = [](OrtCustomOp const* self, OrtApi const*, OrtKernelInfo const* info, void** kernel) -> OrtStatusPtr
     {
         int32_t mode = 0;
         if (OrtStatus* status = readMode(info, mode))

@@ -13,7 +13,7 @@
 #if !defined(HPCM_BIWKV_OP_TYPE) || !defined(HPCM_BIWKV_PLUGIN_VERSION) || !defined(HPCM_BIWKV_PLUGIN_NAMESPACE)     \
     || !defined(HPCM_BIWKV_EARLIER_PLUGIN_VERSIONS) || !defined(HPCM_BIWKV_MODE_NAMES)                             \
     || !defined(HPCM_BIWKV_DEFAULT_MODE)
-#error "Build through plugins/CMakeLists.txt: it defines the plugin's name, versions, namespace and modes from contract.json"
+#error "Build through plugins/CMakeLists.txt: it defines the plugin's names, versions and modes from contract.json"
 #endif
 
 namespace hpcm

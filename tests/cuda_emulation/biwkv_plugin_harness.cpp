@@ -225,11 +225,11 @@ struct Capabilities
 
 Capabilities capabilities(nvinfer1::IPluginV3& plugin)
 {
-    return Capabilities{static_cast<nvinfer1::IPluginV3OneCore*>(
-                            plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kCORE)),
-        static_cast<nvinfer1::IPluginV3OneBuild*>(plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kBUILD)),
-        static_cast<nvinfer1::IPluginV3OneRuntime*>(
-            plugin.getCapabilityInterface(nvinfer1::PluginCapabilityType::kRUNTIME))};
+    using nvinfer1::PluginCapabilityType;
+    return Capabilities{
+        static_cast<nvinfer1::IPluginV3OneCore*>(plugin.getCapabilityInterface(PluginCapabilityType::kCORE)),
+        static_cast<nvinfer1::IPluginV3OneBuild*>(plugin.getCapabilityInterface(PluginCapabilityType::kBUILD)),
+        static_cast<nvinfer1::IPluginV3OneRuntime*>(plugin.getCapabilityInterface(PluginCapabilityType::kRUNTIME))};
 }
 
 // The fields a plugin gives an engine to store, as "name=value" (characters) joined by spaces.
@@ -291,7 +291,8 @@ int main(int argc, char** argv)
         auto& creator = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]);
         std::string const expected = i == 0 ? versions[0] : earlierVersions[static_cast<size_t>(i - 1)];
         nvinfer1::PluginFieldCollection const* fields = creator.getFieldNames();
-        bool const listsMode = fields != nullptr && fields->nbFields == 1 && std::strcmp(fields->fields[0].name, "mode") == 0
+        bool const listsMode = fields != nullptr && fields->nbFields == 1
+            && std::strcmp(fields->fields[0].name, "mode") == 0
             && fields->fields[0].type == nvinfer1::PluginFieldType::kCHAR;
         bool const listsNothing = fields != nullptr && fields->nbFields == 0;
         check(std::strcmp(creator.getPluginName(), argv[1]) == 0 && creator.getPluginVersion() == expected
@@ -304,7 +305,8 @@ int main(int argc, char** argv)
     // Build phase: the ONNX parser passes the node's mode attribute.
     nvinfer1::PluginField const vrwkvField = modeField("vrwkv");
     nvinfer1::PluginFieldCollection const vrwkvFields{1, &vrwkvField};
-    std::unique_ptr<nvinfer1::IPluginV3> plugin(creator.createPlugin("wkv", &vrwkvFields, nvinfer1::TensorRTPhase::kBUILD));
+    std::unique_ptr<nvinfer1::IPluginV3> plugin(
+        creator.createPlugin("wkv", &vrwkvFields, nvinfer1::TensorRTPhase::kBUILD));
     check(plugin != nullptr, "createPlugin (build phase, mode vrwkv)");
     if (!plugin)
     {
@@ -411,7 +413,8 @@ int main(int argc, char** argv)
     nvinfer1::PluginField const unknownField = modeField("chunky");
     nvinfer1::PluginFieldCollection const unknownFields{1, &unknownField};
     errorsBefore = logger.errors.size();
-    std::unique_ptr<nvinfer1::IPluginV3> unknown(creator.createPlugin("wkv", &unknownFields, nvinfer1::TensorRTPhase::kBUILD));
+    std::unique_ptr<nvinfer1::IPluginV3> unknown(
+        creator.createPlugin("wkv", &unknownFields, nvinfer1::TensorRTPhase::kBUILD));
     check(unknown == nullptr && logger.errors.size() == errorsBefore + 1
             && logger.errors.back().find("chunky") != std::string::npos,
         "createPlugin refuses an unknown mode and logs it");
@@ -420,8 +423,10 @@ int main(int argc, char** argv)
     for (int32_t i = 1; i < nbCreators; ++i)
     {
         auto& earlier = *static_cast<nvinfer1::IPluginCreatorV3One*>(creators[i]);
-        std::unique_ptr<nvinfer1::IPluginV3> old(earlier.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kRUNTIME));
-        check(old != nullptr && capabilities(*old).core->getPluginVersion() == earlierVersions[static_cast<size_t>(i - 1)]
+        std::unique_ptr<nvinfer1::IPluginV3> old(
+            earlier.createPlugin("wkv", &noFields, nvinfer1::TensorRTPhase::kRUNTIME));
+        check(old != nullptr
+                && capabilities(*old).core->getPluginVersion() == earlierVersions[static_cast<size_t>(i - 1)]
                 && serialised(*old).empty(),
             std::string("version ") + earlier.getPluginVersion() + " plugin: its own version, nothing serialised");
         if (old)
