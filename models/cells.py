@@ -89,9 +89,10 @@ class SpatialMix(nn.Module):
     """RWKV spatial mix: y = output(sigmoid(r) * BiWKV(decay/T, boost/T, k, v)) over the H*W tokens.
 
     ``mode`` names the Bi-WKV formula (``hpcm.plugins.biwkv.WKV_MODES``: "exact" or "vrwkv").
-    ``wkv_form`` says how it is computed: ``"op"``, the mode's guarded evaluation (for "exact" the
-    contract's op: one custom node under ONNX export), or ``"closed_form"``, its cumulative-sum form in
-    standard ops (what ``hpcm-export --wkv decomposed`` sets on the copy it traces).
+    ``wkv_form`` says how it is computed: ``"op"``, the contract's op in that mode (its guarded evaluation
+    on CPU, the CUDA kernel where registered, one custom node under ONNX export), or ``"closed_form"``,
+    the mode's cumulative-sum form in standard ops (what ``hpcm-export --wkv decomposed`` sets on the
+    copy it traces).
     """
 
     wkv_form = "op"
