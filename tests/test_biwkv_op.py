@@ -21,13 +21,14 @@ def test_scan_reference_equals_direct_formula(T):
     torch.testing.assert_close(biwkv_scan(w, u, k, v), biwkv_direct(w, u, k, v), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("T", [1, 2, 3, 17, 256, 1536])
+@pytest.mark.parametrize("mode", CONTRACT.modes)
+@pytest.mark.parametrize("T", [1, 2, 3, 17, 33, 256, 1536])
 @pytest.mark.parametrize("B,C", [(1, 8), (3, 5)])
-def test_op_matches_float64_reference(T, B, C):
+def test_op_matches_float64_reference(T, B, C, mode):
     w, u, k, v = _inputs(B, C, T, seed=T + C)
-    y = biwkv(w, u, k, v)
+    y = biwkv(w, u, k, v, mode)
     assert y.dtype == torch.float32 and y.shape == (B, C, T)
-    ref = biwkv_scan(w, u, k, v)
+    ref = WKV_MODES[mode].reference(w, u, k, v)
     scale = v.abs().max().item()
     assert (y.double() - ref).abs().max().item() <= 1e-5 * scale
 
@@ -71,11 +72,12 @@ def test_extreme_range_falls_back_to_scan():
     torch.testing.assert_close(y.double(), biwkv_scan(w, u, k, v), rtol=0, atol=1e-6)
 
 
-def test_float16_inputs_accumulate_in_float32():
+@pytest.mark.parametrize("mode", CONTRACT.modes)
+def test_float16_inputs_accumulate_in_float32(mode):
     w, u, k, v = _inputs(2, 8, 300, dtype=torch.float16)
-    y = biwkv(w, u, k, v)
+    y = biwkv(w, u, k, v, mode)
     assert y.dtype == torch.float16
-    ref = biwkv_scan(w, u, k.float(), v.float())
+    ref = WKV_MODES[mode].reference(w, u, k.float(), v.float())
     assert (y.double() - ref).abs().max().item() <= 2e-3
 
 
