@@ -13,6 +13,7 @@ whose pixel data is cut short are refused instead of being coded with missing ro
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import struct
 import warnings
@@ -60,12 +61,12 @@ def check_pixel_count(what: str, height: int, width: int, max_pixels: Optional[i
     raise ImageError(f"{what}: {size} is {pixels:,} pixels, above the limit of {limit:,} pixels ({_LIMIT_HINT})")
 
 
-def _png_data_complete(path: Path, image) -> Optional[str]:  # noqa: ANN001 - a PIL PNG image
+def _png_data_complete(path: Path, image, data: Optional[bytes]) -> Optional[str]:  # noqa: ANN001 - a PIL image
     """None when the PNG's compressed pixel data holds every row, else what is missing.
 
     Pillow accepts a zlib stream that ends early and leaves the missing rows black, so the byte count
     is checked here (streamed, never holding the decompressed data)."""
-    with open(path, "rb") as f:
+    with open(path, "rb") if data is None else io.BytesIO(data) as f:
         if f.read(8) != b"\x89PNG\r\n\x1a\n":
             return None
         width, height = image.size
@@ -106,11 +107,11 @@ def _png_data_complete(path: Path, image) -> Optional[str]:  # noqa: ANN001 - a 
     return None
 
 
-def _open(path: Path, limit: int):  # noqa: ANN202 - a PIL image
+def _open(path: Path, limit: int, data: Optional[bytes]):  # noqa: ANN202 - a PIL image
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(path)
+        image = Image.open(path if data is None else io.BytesIO(data))
     except FileNotFoundError as exc:
         raise ImageError(f"{path}: no such file") from exc
     except IsADirectoryError as exc:
@@ -125,8 +126,9 @@ def _open(path: Path, limit: int):  # noqa: ANN202 - a PIL image
     return image
 
 
-def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
-    """(H, W, 3) uint8 following the module's input policy."""
+def read_image(path: Path, max_pixels: Optional[int] = None, data: Optional[bytes] = None) -> np.ndarray:
+    """(H, W, 3) uint8 following the module's input policy. ``data``: the file's bytes where another
+    process read them (a worker of ``hpcm compress``); ``path`` then only names the image."""
     from PIL import Image, ImageOps
 
     path = Path(path)
@@ -134,7 +136,7 @@ def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is the policy
-        image = _open(path, limit)
+        image = _open(path, limit, data)
         with contextlib.ExitStack() as stack:
             stack.callback(image.close)
             width, height = image.size
@@ -154,7 +156,7 @@ def read_image(path: Path, max_pixels: Optional[int] = None) -> np.ndarray:
                 raise ImageError(f"{path}: cannot decode its pixel data ({reason}); the file is truncated or "
                                  "damaged") from exc
             if image.format == "PNG":
-                missing = _png_data_complete(path, image)
+                missing = _png_data_complete(path, image, data)
                 if missing:
                     raise ImageError(f"{path}: {missing}")
             if frames > 1:
@@ -205,12 +207,20 @@ def psnr_rgb8(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def save_png(x: torch.Tensor, path: Path, inputs: Iterable[Optional[Path]] = ()) -> None:
-    """Write ``x`` (1, 3, H, W) in [0, 1] as an 8-bit PNG, atomically (never over one of ``inputs``)."""
+def png_bytes(x: torch.Tensor) -> bytes:
+    """``x`` (1, 3, H, W) in [0, 1] as the bytes of an 8-bit PNG (Pillow's defaults: the same bytes for
+    the same image wherever the same Pillow and zlib run)."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(x)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_png(x: torch.Tensor, path: Path, inputs: Iterable[Optional[Path]] = ()) -> None:
+    """Write ``x`` (1, 3, H, W) in [0, 1] as an 8-bit PNG, atomically (never over one of ``inputs``)."""
     with atomic_output(path, inputs) as tmp:
-        Image.fromarray(to_uint8(x)).save(tmp, format="PNG")
+        tmp.write_bytes(png_bytes(x))
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:

@@ -8,6 +8,11 @@ codec the largest difference between the decoded image and the model's eval-mode
 the runners that have the whole-model ``forward`` graph (eager always; an export made with --forward).
 Rows go to a ``RowJournal`` as they complete, so a rerun skips what is done.
 
+The work is (rate point, image) tasks for an ``EvalWorker``: in this process, one image at a time on
+all of PyTorch's threads (the timings of a local run), or with ``--ray`` on Ray actors
+(``hpcm.runtime.workers``: each opens one rate point's coder at a time, and the learned points' files
+travel with them). Either way this process writes the same journal and result files.
+
 The command's orchestration is here too: ``learned_plan``/``classical_plan`` turn what was asked for
 into rate points, ``evaluate_images`` measures them on a folder and writes the result files
 (``ResultFiles``, checked before any work); the CLI parses options and prints ``summary_table``.
@@ -16,20 +21,21 @@ into rate points, ``evaluate_images`` measures them on a folder and writes the r
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Optional, Protocol, Sequence
+from typing import ContextManager, Iterator, Optional, Protocol, Sequence, Union
 
 import torch
 
 from hpcm.codec import Codec, pad_image
 from hpcm.codec.codec import deterministic_precision
-from hpcm.codec.images import image_files, load_image, psnr_rgb8, synthetic_images, to_8bit, to_uint8
+from hpcm.codec.images import image_files, psnr_rgb8, read_image, synthetic_images, to_8bit, to_tensor, to_uint8
 from hpcm.digests import file_sha256
-from hpcm.errors import ConfigError, HPCMError, ImageError
+from hpcm.errors import ConfigError, HPCMError, ImageError, one_line
 from hpcm.files import check_output
-from hpcm.log import LOG
-from hpcm.runtime.session import CodecRequest, check_backend, open_codec, resolve, untrained
+from hpcm.log import LOG, OnceEach, collect_notices
+from hpcm.runtime.session import CodecRequest, check_backend, resolve, untrained
+from hpcm.runtime.workers import CodecSource, Placement, open_pool, place, ship, stream
 
 from .classical import CLASSICAL_CODECS, ClassicalCodec, from_uint8_image
 from .metrics import ms_ssim_rgb8
@@ -46,13 +52,6 @@ class ImageCoder(Protocol):
 
     def forward_x_hat(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """What the decoded image should equal (the model's eval forward), or None when not compared."""
-
-
-@dataclass(frozen=True)
-class RatePoint:
-    key: str  # identifies the point in the journal (content digest or codec and quality)
-    label: str  # for people: checkpoint name, export folder, quality
-    open: Callable[[], ContextManager[ImageCoder]]
 
 
 class LearnedCoder:
@@ -78,6 +77,23 @@ class LearnedCoder:
         return x_hat.clamp(0.0, 1.0)[..., : x.shape[-2], : x.shape[-1]]
 
 
+@dataclass(frozen=True)
+class LearnedCoderSource:
+    """Opens the ``LearnedCoder`` of a codec source (a checkpoint or an export on a runner)."""
+
+    source: CodecSource
+    compare_forward: bool = True
+
+    @contextlib.contextmanager
+    def open(self, device: Optional[str] = None) -> Iterator[ImageCoder]:
+        with self.source.open(device) as session:
+            yield LearnedCoder(session.codec, self.compare_forward)
+
+    def shipped(self) -> "LearnedCoderSource":
+        """The same, openable on any node of the connected Ray cluster."""
+        return replace(self, source=ship(self.source.request))
+
+
 class ClassicalCoder:
     """A Pillow codec at one quality."""
 
@@ -86,6 +102,12 @@ class ClassicalCoder:
     def __init__(self, codec: ClassicalCodec, quality: int) -> None:
         self.codec = codec
         self.quality = quality
+
+    def open(self, device: Optional[str] = None) -> ContextManager[ImageCoder]:
+        return contextlib.nullcontext(self)
+
+    def shipped(self) -> "ClassicalCoder":
+        return self
 
     def encode(self, x: torch.Tensor) -> bytes:
         return self.codec.encode(to_uint8(x), self.quality)
@@ -97,26 +119,27 @@ class ClassicalCoder:
         return None
 
 
+@dataclass(frozen=True)
+class RatePoint:
+    key: str  # identifies the point in the journal (content digest or codec and quality)
+    label: str  # for people: checkpoint name, export folder, quality
+    coder: Union[LearnedCoderSource, ClassicalCoder]  # opened where the point is measured
+
+    def open(self, device: Optional[str] = None) -> ContextManager[ImageCoder]:
+        return self.coder.open(device)
+
+
 def classical_points(codec: ClassicalCodec, qualities: Optional[Sequence[int]] = None) -> list[RatePoint]:
     """One point per quality (the codec's default sweep when none are given)."""
     codec.check_available()
-
-    def opener(quality: int) -> Callable[[], ContextManager[ImageCoder]]:
-        return lambda: contextlib.nullcontext(ClassicalCoder(codec, quality))
-
-    return [RatePoint(f"{codec.name}-q{q}", f"{codec.name} q{q}", opener(q)) for q in (qualities or codec.qualities)]
+    return [RatePoint(f"{codec.name}-q{q}", f"{codec.name} q{q}", ClassicalCoder(codec, q))
+            for q in (qualities or codec.qualities)]
 
 
 def learned_point(key: str, label: str, request: CodecRequest, compare_forward: bool = True) -> RatePoint:
     """A point whose coder is the codec ``request`` describes (a checkpoint or an export on a runner),
     opened when the point is measured."""
-
-    @contextlib.contextmanager
-    def opener() -> Iterator[ImageCoder]:
-        with open_codec(request) as session:
-            yield LearnedCoder(session.codec, compare_forward)
-
-    return RatePoint(key, label, opener)
+    return RatePoint(key, label, LearnedCoderSource(CodecSource(request), compare_forward))
 
 
 def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) -> dict:
@@ -136,47 +159,127 @@ def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) ->
     }
 
 
-def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJournal, progress: bool = True) -> None:
-    """Measure every image at every point that the journal does not hold yet, appending each row."""
-    from tqdm import tqdm
-
-    done = journal.done()
-    todo = [(point, [p for p in images if (point.key, p.name) not in done]) for point in points]
-    remaining = sum(len(paths) for _, paths in todo)
-    if remaining < len(points) * len(images):
-        LOG.info(f"{journal.path} already holds {len(points) * len(images) - remaining} of the rows; "
-                 f"measuring the other {remaining}")
-    unreadable: set[Path] = set()
-    with tqdm(total=remaining, unit="image", disable=None if progress else True, dynamic_ncols=True) as bar:
-        for point, paths in todo:
-            if not paths:
-                continue
-            with point.open() as coder:
-                _warm_up(coder)
-                for path in paths:
-                    bar.set_description(f"{point.label}: {path.name}")
-                    if path not in unreadable:
-                        _measure_one(coder, point, path, journal, unreadable)
-                    bar.update()
-
-
 def _warm_up(coder: ImageCoder) -> None:
     """Code a small image untimed first, so that one-time costs (native libraries, first allocations,
     lazy initialisation) do not land in the first image's times."""
     coder.decode(coder.encode(synthetic_images(1, 128)[0][1]))
 
 
-def _measure_one(coder: ImageCoder, point: RatePoint, path: Path, journal: RowJournal, unreadable: set[Path]) -> None:
-    try:
-        x = load_image(path)
-    except ImageError as exc:
-        unreadable.add(path)
-        LOG.warning(f"skipping {exc}")
+@dataclass(frozen=True)
+class EvalTask:
+    point: str  # RatePoint.key
+    path: str  # the image, as it names it in messages; its name is its journal key
+    data: bytes
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """A task's row, or why it has none (``unreadable``: the image cannot be read at any point)."""
+
+    task: EvalTask
+    row: Optional[dict]
+    failure: Optional[str]
+    unreadable: bool
+    notices: tuple[str, ...]
+
+
+class EvalWorker:
+    """Measures tasks with one rate point's coder open at a time (warmed up when opened)."""
+
+    def __init__(self, points: dict[str, RatePoint], device: Optional[str]) -> None:
+        self.points = points
+        self.device = device
+        self.key: Optional[str] = None
+        self.coder: Optional[ImageCoder] = None
+        self.stack = contextlib.ExitStack()
+
+    def _coder(self, key: str) -> ImageCoder:
+        if key != self.key:
+            self.stack.close()
+            self.key, self.coder = None, None
+            self.coder = self.stack.enter_context(self.points[key].open(self.device))
+            self.key = key
+            _warm_up(self.coder)
+        return self.coder
+
+    def run(self, task: EvalTask) -> EvalResult:
+        row, failure, unreadable = None, None, False
+        with collect_notices() as notices:
+            coder = self._coder(task.point)
+            try:
+                x = to_tensor(read_image(Path(task.path), data=task.data))
+            except ImageError as exc:
+                failure, unreadable = one_line(str(exc)), True
+            else:
+                try:
+                    row = measure_image(coder, task.point, Path(task.path).name, x)
+                except HPCMError as exc:
+                    failure = one_line(str(exc))
+        return EvalResult(task, row, failure, unreadable, tuple(notices))
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@dataclass(frozen=True)
+class EvalWorkerFactory:
+    points: dict[str, RatePoint]
+
+    def __call__(self, device: Optional[str]) -> EvalWorker:
+        return EvalWorker(self.points, device)
+
+
+def local_placement() -> Placement:
+    """A local run measures in this process, one image at a time, on all of PyTorch's threads."""
+    return Placement(1, torch.get_num_threads(), (None,))
+
+
+def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJournal, progress: bool = True,
+             placement: Optional[Placement] = None) -> None:
+    """Measure every image at every point that the journal does not hold yet, appending each row as it
+    arrives (``placement``: on Ray actors; default ``local_placement()``)."""
+    from tqdm import tqdm
+
+    placement = placement or local_placement()
+    done = journal.done()
+    todo = [(point, path) for point in points for path in images if (point.key, path.name) not in done]
+    if len(todo) < len(points) * len(images):
+        LOG.info(f"{journal.path} already holds {len(points) * len(images) - len(todo)} of the rows; "
+                 f"measuring the other {len(todo)}")
+    if not todo:
         return
-    try:
-        journal.append(measure_image(coder, point.key, path.name, x))
-    except HPCMError as exc:
-        LOG.warning(f"skipping {path.name} at {point.label}: {exc}")
+    if placement.ray:
+        points = [replace(p, coder=p.coder.shipped()) for p in points]
+    labels = {point.key: point.label for point in points}
+    unreadable: set[str] = set()
+    notices = OnceEach()
+    with tqdm(total=len(todo), unit="image", disable=None if progress else True, dynamic_ncols=True) as bar:
+
+        def tasks() -> Iterator[EvalTask]:
+            for point, path in todo:
+                if str(path) in unreadable:
+                    bar.update()
+                    continue
+                try:
+                    yield EvalTask(point.key, str(path), path.read_bytes())
+                except OSError as exc:
+                    unreadable.add(str(path))
+                    LOG.warning(f"skipping {path}: cannot read it ({exc.strerror or exc})")
+                    bar.update()
+
+        with open_pool(EvalWorkerFactory({p.key: p for p in points}), placement) as pool:
+            for result in stream(pool, tasks()):
+                task = result.task
+                notices.say(result.notices)
+                bar.set_description(f"{labels[task.point]}: {Path(task.path).name}")
+                if result.row is not None:
+                    journal.append(result.row)
+                elif not result.unreadable:
+                    LOG.warning(f"skipping {Path(task.path).name} at {labels[task.point]}: {result.failure}")
+                elif task.path not in unreadable:
+                    unreadable.add(task.path)
+                    LOG.warning(f"skipping {result.failure}")
+                bar.update()
 
 
 def forward_check_summary(rows: Sequence[dict]) -> str:
@@ -195,13 +298,16 @@ def forward_check_summary(rows: Sequence[dict]) -> str:
 @dataclass(frozen=True)
 class Plan:
     """The rate points of one run, the setup their rows are measured with (a journal of another setup
-    is refused), the curve's default name and its description."""
+    is refused), the curve's default name and its description, and the backend and device its coders
+    compute on (where Ray actors go)."""
 
     points: list[RatePoint]
     setup: dict
     name: str
     description: str
     learned: bool
+    backend: str = "eager"
+    device: Optional[str] = None
 
 
 def classical_plan(name: str, qualities: Optional[Sequence[int]] = None) -> Plan:
@@ -241,7 +347,7 @@ def learned_plan(checkpoints: Sequence[Path], exports: Sequence[Path], variant: 
         what = f"UNTRAINED seeded {seeded.variant} (seed {seeded.seed}: random weights, meaningless R-D)"
         name = f"{seeded.variant} (untrained, seed {seeded.seed})"
     return Plan(points, {"backend": backend, "device": device or "default"}, name,
-                f"hpcm-rwkv {what} on the {backend} backend ({device or 'default device'})", True)
+                f"hpcm-rwkv {what} on the {backend} backend ({device or 'default device'})", True, backend, device)
 
 
 @dataclass(frozen=True)
@@ -282,11 +388,15 @@ class Outcome:
 
 
 def evaluate_images(plan: Plan, images: Path, paths: Sequence[Path], files: ResultFiles, name: Optional[str] = None,
-                    progress: bool = True) -> Outcome:
+                    progress: bool = True, ray_address: Optional[str] = None, workers: Optional[int] = None,
+                    threads: Optional[int] = None) -> Outcome:
     """Measure ``plan`` on the images ``paths`` of ``images`` (``image_paths``), resuming from the
-    journal, and write the result files."""
+    journal, and write the result files; with ``ray_address``, on Ray actors (``runtime.workers.place``)."""
     journal = RowJournal(files.journal, plan.setup)
-    evaluate(plan.points, paths, journal, progress=progress)
+    placement = None
+    if ray_address is not None:
+        placement = place(plan.device, plan.backend, workers, threads, ray_address)
+    evaluate(plan.points, paths, journal, progress=progress, placement=placement)
     names, keys = {p.name for p in paths}, [p.key for p in plan.points]
     rows = [r for r in journal.rows if r["image"] in names and r["point"] in set(keys)]
     if not rows:

@@ -23,6 +23,12 @@ DEFAULT_SEED = 0
 # --max-pixels or HPCM_MAX_PIXELS for larger ones.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
+# Threads per worker of hpcm compress/decompress and eval --ray when --threads is not given: on a CPU
+# one thread per worker codes the most images per second (README, "Many images"); on a GPU one
+# thread serves the host side of one codec (entropy coding is single-threaded).
+DEFAULT_CPU_THREADS = 1
+DEFAULT_GPU_THREADS = 1
+
 # name -> what it sets; tests/test_config.py checks that the README's table lists each one
 ENVIRONMENT = {
     "HPCM_CACHE_DIR": "cache folder for native libraries built on first use (default ~/.cache/hpcm-rwkv)",

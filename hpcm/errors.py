@@ -2,13 +2,18 @@
 
 The message of an ``HPCMError`` is written for the person at the command line: it names the file or
 option at fault and says what to do. The CLI catches ``HPCMError`` once (``hpcm.cli.main``) and
-prints it as one line; anything else is a bug and keeps its traceback.
+prints it as one line (``one_line``); anything else is a bug and keeps its traceback.
 
 The subclasses keep ``ValueError`` or ``RuntimeError`` as a second base where callers of the
 library have always been able to catch those.
 """
 
 from __future__ import annotations
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (a compiler's or a library's text) become "; "."""
+    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
 
 class HPCMError(Exception):
@@ -65,3 +70,7 @@ class OutputError(HPCMError, ValueError):
 
 class TrainingError(HPCMError, RuntimeError):
     """Training cannot go on: the loss or the weights became non-finite (nothing is saved)."""
+
+
+class ClusterError(HPCMError, RuntimeError):
+    """Work cannot be spread over workers: Ray is missing or unreachable, or a worker differs from this process."""

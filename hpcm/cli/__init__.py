@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from .codec_cmds import decode, encode, inspect_cmd, mismatch
+from .codec_cmds import compress, decode, decompress, encode, inspect_cmd, mismatch
 from .deploy_cmds import build, check
 from .eval_cmds import bench, eval_cmd, plot
 from .export_cmds import export
@@ -24,12 +24,12 @@ def main() -> None:
 
     \b
     Model tools:  info, convert, train
-    Codec:        encode, decode, inspect, mismatch
+    Codec:        encode, decode, compress, decompress (folders), inspect, mismatch
     Deployment:   export (also `hpcm-export`), check, build
     Evaluation:   eval, plot, bench
     """
 
 
-for _command in (info, convert, train, encode, decode, inspect_cmd, mismatch, export, check, build, eval_cmd, plot,
-                 bench):
+for _command in (info, convert, train, encode, decode, compress, decompress, inspect_cmd, mismatch, export, check,
+                 build, eval_cmd, plot, bench):
     main.add_command(_command)

@@ -1,4 +1,5 @@
-"""Codec commands: ``hpcm encode``, ``hpcm decode``, ``hpcm inspect``, ``hpcm mismatch``."""
+"""Codec commands: ``hpcm encode``, ``hpcm decode``, ``hpcm compress``, ``hpcm decompress`` (folders),
+``hpcm inspect``, ``hpcm mismatch``."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import click
 
 from hpcm.log import LOG
 
-from .options import (backend_option, checkpoint_option, device_option, export_option, image_folder, images_options,
-                      max_pixels_option, split_list, variant_option)
+from .options import (backend_option, checkpoint_option, combine, device_option, export_option, image_folder,
+                      images_options, max_pixels_option, split_list, variant_option, workers_options)
 
 
 @contextlib.contextmanager
@@ -127,6 +128,72 @@ def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir
     click.echo(f"{bitstream.name}: {header.width}x{header.height}, "
                f"{8 * stream.size / (header.width * header.height):.4f} bpp, {quality}decoded in {elapsed:.2f} s "
                f"({session.codec.fingerprint}) -> {output}")
+
+
+folder_options = combine(
+    click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+                 help="folder to write the same tree into (created if absent)"),
+    workers_options,
+    click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="also write the summary, every file and every failure as JSON here"),
+    click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar"),
+)
+
+
+def _code_folder(mode: str, source: Path, output: Path, request_fields: dict, workers: Optional[int],
+                 threads: Optional[int], ray_address: Optional[str], report: Optional[Path], progress: bool) -> None:
+    from hpcm.runtime.folders import code_folder
+    from hpcm.runtime.session import CodecRequest
+
+    summary = code_folder(mode, source, output, CodecRequest(**request_fields), workers=workers, threads=threads,
+                          ray_address=ray_address, report=report, progress=progress)
+    click.echo(summary.line())
+    if report is not None:
+        click.echo(f"wrote {report}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@folder_options
+@variant_option()
+@checkpoint_option
+@export_option
+@backend_option
+@device_option
+@max_pixels_option
+def compress(source: Path, output: Path, workers: Optional[int], threads: Optional[int], ray_address: Optional[str],
+             report: Optional[Path], progress: bool, variant: Optional[str], checkpoint: Optional[Path],
+             export_dir: Optional[Path], backend: Optional[str], device: Optional[str],
+             max_pixels: Optional[int]) -> None:
+    """Compress every image under the folder SOURCE (recursively) into the same tree of .hpcm streams.
+
+    Runs on a pool of workers on this machine, or on a Ray cluster with --ray. A rerun skips the
+    streams that are complete and from this codec; an image that cannot be coded is reported with its
+    reason and the run goes on. Prints a summary (images, bytes, bpp, failures, images/s)."""
+    _code_folder("compress", source, output, {"checkpoint": checkpoint, "export": export_dir, "variant": variant,
+                                              "backend": backend, "device": device, "max_pixels": max_pixels},
+                 workers, threads, ray_address, report, progress)
+
+
+@click.command()
+@click.argument("source", type=click.Path(file_okay=False, path_type=Path))
+@folder_options
+@checkpoint_option
+@export_option
+@backend_option
+@device_option
+@max_pixels_option
+def decompress(source: Path, output: Path, workers: Optional[int], threads: Optional[int],
+               ray_address: Optional[str], report: Optional[Path], progress: bool, checkpoint: Optional[Path],
+               export_dir: Optional[Path], backend: Optional[str], device: Optional[str],
+               max_pixels: Optional[int]) -> None:
+    """Decompress every .hpcm stream under the folder SOURCE (recursively) into the same tree of PNGs.
+
+    As compress: workers on this machine or a Ray cluster (--ray), resumable, failures reported per
+    file. Without --checkpoint or --export the streams must come from a seeded built-in variant."""
+    _code_folder("decompress", source, output, {"checkpoint": checkpoint, "export": export_dir, "backend": backend,
+                                                "device": device, "max_pixels": max_pixels},
+                 workers, threads, ray_address, report, progress)
 
 
 @click.command(name="inspect")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from .options import backend_option, device_option, split_list, variant_option
+from .options import backend_option, device_option, split_list, variant_option, workers_options
 
 CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
 
@@ -35,9 +35,11 @@ CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
               help="compare each decoded image with the eval-mode forward's x_hat (one more forward pass; eager, "
                    "or exports made with --forward)")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="show a progress bar")
+@workers_options
 def eval_cmd(images: Path, checkpoints: tuple[Path, ...], exports: tuple[Path, ...], variant: Optional[str],
              classical: Optional[str], qualities: tuple[str, ...], backend: Optional[str], device: Optional[str],
-             output: Path, name: Optional[str], limit: Optional[int], forward_check: bool, progress: bool) -> None:
+             output: Path, name: Optional[str], limit: Optional[int], forward_check: bool, progress: bool,
+             workers: Optional[int], threads: Optional[int], ray_address: Optional[str]) -> None:
     """Encode and decode every image of IMAGES (a folder or one image) at each rate point and write
     CompressAI's R-D JSON: bpp of the bytes written (header included), PSNR and MS-SSIM on 8-bit RGB,
     encoding and decoding time, mean over the images per rate point.
@@ -47,10 +49,16 @@ def eval_cmd(images: Path, checkpoints: tuple[Path, ...], exports: tuple[Path, .
     --codec; with none of these, the seeded untrained model of --variant, labelled untrained (its
     R-D is meaningless: R-D needs trained weights). Rows are saved as they complete: run the same
     command again to resume; unreadable images are skipped with a message.
+
+    \b
+    Locally one image at a time in this process (all of its threads); with --ray the (rate point,
+    image) pairs go to Ray actors (--workers x --threads), the same result files.
     """
     from hpcm.evaluation.evaluate import (ResultFiles, classical_plan, evaluate_images, image_paths, learned_plan,
                                           summary_table)
 
+    if (workers or threads) and ray_address is None:
+        raise click.UsageError("--workers and --threads go with --ray (a local eval measures one image at a time)")
     files = ResultFiles.checked(output)
     paths = image_paths(images, limit)
     if classical is not None:
@@ -66,7 +74,8 @@ def eval_cmd(images: Path, checkpoints: tuple[Path, ...], exports: tuple[Path, .
         if qualities:
             raise click.UsageError("--quality goes with --codec")
         plan = learned_plan(checkpoints, exports, variant, backend, device, forward_check, trained_name=output.stem)
-    outcome = evaluate_images(plan, images, paths, files, name=name, progress=progress)
+    outcome = evaluate_images(plan, images, paths, files, name=name, progress=progress, ray_address=ray_address,
+                              workers=workers, threads=threads)
     click.echo(summary_table(outcome))
     click.echo(f"wrote {output}, {files.csv} ({outcome.rows} rows)")
 

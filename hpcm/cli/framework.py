@@ -6,7 +6,7 @@ import logging
 
 import click
 
-from hpcm.errors import HPCMError
+from hpcm.errors import HPCMError, one_line
 from hpcm.log import LOG
 
 
@@ -27,11 +27,6 @@ def configure_logging() -> None:
         LOG.addHandler(_EchoHandler())
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
-
-
-def one_line(message: str) -> str:
-    """``message`` on one line: line breaks (a compiler's or a library's text) become "; "."""
-    return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
 
 class _ReportsProjectErrors:

@@ -54,6 +54,18 @@ max_pixels_option = click.option(
     help=f"largest image in pixels, counted after padding to the model's alignment (default: HPCM_MAX_PIXELS, else "
          f"{config.DEFAULT_MAX_PIXELS:,} = 2048x2048); refused above it, before any network runs. Eager phase2 "
          "on CPU needs about 0.9 GB per megapixel")
+workers_options = combine(
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="workers, each with its own codec (default: one per GPU with --device cuda, else one per "
+                      "--threads cores; with --ray, of the cluster's)"),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help=f"threads per worker (default {config.DEFAULT_CPU_THREADS} on a CPU, "
+                      f"{config.DEFAULT_GPU_THREADS} beside a GPU); streams are the same bytes for the same "
+                      "codec, backend, device and threads"),
+    click.option("--ray", "ray_address", default=None, metavar="auto|ADDRESS",
+                 help="run the workers as actors of a Ray cluster: auto (the cluster this machine belongs to, "
+                      "else a local one) or its address; needs the [cluster] extra"),
+)
 images_options = combine(
     click.option("--images", type=click.Path(path_type=Path), default=None,
                  help="folder of images (default ../shared/data/kodak; synthetic images when absent)"),
