@@ -193,6 +193,9 @@ def cpu_session(path: Union[str, Path], route: Optional[str] = None):
         raise ArtifactError(f"ONNX graph {path} does not exist")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # As many threads as PyTorch's: the process's one setting (a worker of hpcm compress sets it),
+    # so that several workers on one machine do not each take every core.
+    options.intra_op_num_threads = torch.get_num_threads()
     if (route or wkv_op_route()) == "native":
         from hpcm.plugins.biwkv.cpu import ort_op_library
 
