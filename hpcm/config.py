@@ -24,8 +24,8 @@ DEFAULT_SEED = 0
 DEFAULT_MAX_PIXELS = 2048 * 2048
 
 # Threads per worker of hpcm compress/decompress and eval --ray when --threads is not given: on a CPU
-# one thread per worker codes the most images per second (README, "Many images"); on a GPU one
-# thread serves the host side of one codec (entropy coding is single-threaded).
+# the cores go to separate images (one worker per core; images need no synchronisation, a network's
+# threads do); on a GPU one thread serves the host side of one codec (entropy coding is single-threaded).
 DEFAULT_CPU_THREADS = 1
 DEFAULT_GPU_THREADS = 1
 
