@@ -2,9 +2,9 @@
 
 MS-SSIM with ``pytorch-msssim`` (5 scales, 11x11 Gaussian window, data range 255) in float32 on the
 8-bit levels, exactly as CompressAI's ``eval_model`` calls it; it needs both sides larger than 160 px.
-float32 is also what keeps a row cheap: float64 convolutions on a CPU took 2.5 s of each Kodak row.
-Against float64 the value moves by less than the 4 decimals ``hpcm eval`` prints (README,
-"Evaluation and benchmarks", measured on the 24 Kodak images; ``tests/test_evaluation.py`` bounds
+float32 also makes a row cheaper: float64 convolutions on a CPU took 2.5 s of each Kodak row in issue
+22's profile. Against float64 the value moves by less than the 4 decimals ``hpcm eval`` prints
+(README, "Many images": at most 4.6e-7 over 76 Kodak WebP rows; ``tests/test_evaluation.py`` bounds
 it). PSNR over all pixels and the three channels is the codec's own
 (``hpcm.codec.images.psnr_rgb8``: ``hpcm encode``/``decode`` print it too).
 """

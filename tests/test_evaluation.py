@@ -82,7 +82,7 @@ def test_ms_ssim_in_float32_is_float64_to_the_printed_decimals() -> None:
         pixels = np.clip(np.asarray(Image.fromarray(coarse).resize((288, 240), Image.BICUBIC), dtype=np.int64)
                          + texture, 0, 255).astype(np.uint8)
         decoded = codec.decode(codec.encode(pixels, quality))
-        x, x_hat = (torch.from_numpy(p).permute(2, 0, 1)[None] for p in (pixels, decoded))
+        x, x_hat = (torch.from_numpy(np.array(p)).permute(2, 0, 1)[None] for p in (pixels, decoded))
         float64 = float(ms_ssim(x.double(), x_hat.double(), data_range=255.0))
         assert ms_ssim_rgb8(x / 255.0, x_hat / 255.0) == pytest.approx(float64, abs=5e-5)
 
