@@ -15,7 +15,7 @@ Sides of y must be multiples of 8 (the official 8x8 mask tiling; s1 is then even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
 
@@ -166,23 +166,39 @@ class RasterMap:
 
 @dataclass(frozen=True)
 class StepMask:
-    """Mask of one coding step at its scale: ``period``-periodic, ``groups`` channel groups."""
+    """Mask of one coding step at its scale: ``period``-periodic, ``groups`` channel groups. Each
+    position of the step's dense block comes from exactly one group."""
 
     groups: int
     tile: np.ndarray  # (C, period, period) float32
+    # per dense channel and phase, the channel of the full map it comes from (C/groups, period, period)
+    source: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        channels, period, _ = self.tile.shape
+        per_group = self.tile.reshape(self.groups, channels // self.groups, period, period)
+        if not (per_group.sum(0) == 1).all():
+            raise ValueError("a step mask must take each position of its dense block from exactly one group")
+        source = per_group.argmax(0) * (channels // self.groups) + np.arange(channels // self.groups)[:, None, None]
+        object.__setattr__(self, "source", torch.from_numpy(source.astype(np.int64)))
 
     def full(self, like: torch.Tensor) -> torch.Tensor:
         period = self.tile.shape[-1]
         tile = torch.as_tensor(self.tile, dtype=like.dtype, device=like.device)[None]
         return tile.repeat(1, 1, like.shape[-2] // period, like.shape[-1] // period)
 
-    def to_dense(self, masked: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) with this step's values (zeros elsewhere) -> (B, C/groups, h, w) symbol block."""
-        B, C, h, w = masked.shape
-        return masked.reshape(B, self.groups, C // self.groups, h, w).sum(1)
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """This step's values of a (B, C, h, w) map as its (B, C/groups, h, w) block (gathered: for a
+        finite map the sum over the groups of ``t * full(t)``, without that masked copy of the map)."""
+        B, C, h, w = t.shape
+        period, dense = self.tile.shape[-1], C // self.groups
+        index = self.source.to(t.device).reshape(1, dense, 1, period, 1, period)
+        index = index.expand(B, dense, h // period, period, w // period, period)
+        tiles = t.reshape(B, C, h // period, period, w // period, period)
+        return torch.gather(tiles, 1, index).reshape(B, dense, h, w)
 
     def from_dense(self, dense: torch.Tensor) -> torch.Tensor:
-        """Inverse of ``to_dense``: repeat the block over the groups and keep this step's positions."""
+        """The map of a block (inverse of ``select``): repeat it over the groups and keep this step's positions."""
         return dense.repeat(1, self.groups, 1, 1) * self.full(dense)
 
 

@@ -130,9 +130,7 @@ class ProgressiveSchedule:
 
     def symbols(self, y_scales: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         """The y values coded in step ``step`` as a dense block (``y_scales`` from ``all_scales``)."""
-        mask = self.step_mask(step)
-        y_scale = y_scales[STEPS[step].scale]
-        return mask.to_dense(y_scale * mask.full(y_scale))
+        return self.step_mask(step).select(y_scales[STEPS[step].scale])
 
     # ------------------------------------------------------------------ the steps
     def begin(self, params: torch.Tensor) -> ProgressiveState:
@@ -156,8 +154,7 @@ class ProgressiveSchedule:
             scales, means = state.context_next.chunk(2, 1)
             state.pending_context = None
         mask = self.step_mask(step)
-        full = mask.full(scales)
-        return mask.to_dense(scales * full), mask.to_dense(means * full)
+        return mask.select(scales), mask.select(means)
 
     def advance(self, state: ProgressiveState, step: int, y_hat_step: torch.Tensor) -> None:
         """Record step ``step``'s decoded values (dense block) and move on (through a transition

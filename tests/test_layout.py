@@ -41,11 +41,12 @@ def test_step_masks_equal_official(layout, H, W):
 
 
 def test_dense_blocks_round_trip(layout):
-    y = torch.randn(1, C, 16, 24)
-    for mask in layout.s3_masks:
+    y = torch.randn(2, C, 16, 24)
+    for mask in layout.s1_masks + layout.s2_masks + layout.s3_masks:
         masked = y * mask.full(y)
-        dense = mask.to_dense(masked)
-        assert dense.shape == (1, C // 8, 16, 24)
+        dense = mask.select(y)
+        assert dense.shape == (2, C // mask.groups, 16, 24)
+        assert torch.equal(dense, masked.reshape(2, mask.groups, C // mask.groups, 16, 24).sum(1))
         assert torch.equal(mask.from_dense(dense), masked)
 
 
