@@ -3,7 +3,7 @@
 All integers little-endian::
 
     magic            4 bytes  b"HPCM"
-    version          u8       FORMAT_VERSION
+    version          u8       FORMAT_VERSION (written); READABLE_VERSIONS are decoded
     variant          u8 length + ASCII        (at most MAX_NAME bytes)
     weights digest   8 bytes (SHA-256 prefix of the model's weights, CDF tables excluded)
     tables digest    8 bytes (SHA-256 prefix of the stored scale table and CDF tables)
@@ -14,6 +14,10 @@ All integers little-endian::
     streams          u8 count, then per stream: u32 length, u32 CRC-32
     header CRC-32    u32 over every byte above
     payload          the streams, back to back; the file ends exactly after the last one
+
+The three streams are z, y and the boundary guard (``hpcm.codec.codec``). Format 3 codes each
+progressive step of z and y as independent rANS substreams (``rans.py``), format 2 one rANS stream
+for all steps; the container and the guard stream are the same in both.
 
 Parsing touches only the header and the CRCs, never a network, so a corrupt file fails in
 microseconds with a BitstreamError; every length is checked against the bytes actually present
@@ -39,7 +43,8 @@ from typing import Union
 from hpcm.errors import BitstreamError
 
 MAGIC = b"HPCM"
-FORMAT_VERSION = 2  # 2: third stream, the boundary guard
+FORMAT_VERSION = 3  # 2: third stream, the boundary guard; 3: independent substreams per step
+READABLE_VERSIONS = (2, 3)
 MAX_NAME = 64
 MAX_STREAMS = 8
 MAX_SIDE = 1 << 16
@@ -58,6 +63,7 @@ class Header:
     width: int
     pad_bottom: int
     pad_right: int
+    version: int = FORMAT_VERSION
 
 
 def _name(field: str, value: str) -> bytes:
@@ -68,7 +74,9 @@ def _name(field: str, value: str) -> bytes:
 
 
 def pack(header: Header, streams: list[bytes]) -> bytes:
-    """Serialise a header and its streams."""
+    """Serialise a header and its streams (in the current format only)."""
+    if header.version != FORMAT_VERSION:
+        raise ValueError(f"streams are written in format {FORMAT_VERSION} only, not {header.version}")
     if not 0 < header.height <= MAX_SIDE or not 0 < header.width <= MAX_SIDE:
         raise ValueError(f"image sides must be in 1..{MAX_SIDE}")
     if not 0 <= header.pad_bottom < 1 << 16 or not 0 <= header.pad_right < 1 << 16:
@@ -136,8 +144,9 @@ def parse_header(data: bytes) -> tuple[Header, Layout]:
     if r.take(4, "magic") != MAGIC:
         raise BitstreamError("not an HPCM bitstream (bad magic)")
     version = r.take(1, "version")[0]
-    if version != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported bitstream format version {version} (this decoder reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(f"unsupported bitstream format version {version} (this decoder reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
     variant = r.name("variant")
     weights_digest = r.take(DIGEST_BYTES, "weights digest")
     tables_digest = r.take(DIGEST_BYTES, "tables digest")
@@ -153,7 +162,8 @@ def parse_header(data: bytes) -> tuple[Header, Layout]:
     # checked after the CRC so that a corrupt field reports as corruption, not as a bad value
     if not 0 < height <= MAX_SIDE or not 0 < width <= MAX_SIDE:
         raise BitstreamError(f"image size {width}x{height} out of range")
-    header = Header(variant, weights_digest, tables_digest, backend_digest, height, width, pad_bottom, pad_right)
+    header = Header(variant, weights_digest, tables_digest, backend_digest, height, width, pad_bottom, pad_right,
+                    version)
     return header, Layout(r.pos, entries)
 
 

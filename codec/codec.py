@@ -11,7 +11,9 @@ checkpoint, an export folder or a model):
 Streams: 0 = z (per-channel tables ``*_z``, row = channel), 1 = y (tables ``*_y``, row = scale
 bucket), coded through the 11 progressive steps in order (``ProgressiveSchedule.run``), 2 = boundary
 guard (``guard.py``: the buckets of scales that lie too close to a bucket boundary to trust another
-backend with).
+backend with). In format 3 each step's symbols are independent substreams (``entropy.py``): the
+encoder codes step k on a worker thread while step k + 1's networks run, and both sides code a
+step's substreams in parallel; format 2 streams (one rANS stream for all steps) still decode.
 
 Images of any size are padded at the bottom and right by edge replication (``replicate``) up to the
 alignment; replication keeps the border free of the artificial edges that zero padding would cost
@@ -37,16 +39,18 @@ from typing import Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
+from hpcm import config
 from hpcm.errors import BitstreamError, CodingError, EntropyTableError, ImageError
-from hpcm.models.cdf_tables import TABLE_NAMES, scale_indexes
+from hpcm.models.cdf_tables import TABLE_NAMES
 from hpcm.models.graphs import Y_STRIDE, Z_STRIDE, GraphNetworks
 from hpcm.models.layout import ScaleLayout
 from hpcm.models.progressive import NO_CLOCK, ProgressiveSchedule, StageClock
 
 from . import bitstream
+from .entropy import LegacyStreamDecoder, StreamDecoder, StreamEncoder
 from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
 from .images import check_pixel_count
-from .rans import MAX_ABS_VALUE, RansDecoder, RansEncoder
+from .rans import MAX_ABS_VALUE
 from .tables import EntropyTables, tensor_digest
 
 PAD_MODE = "replicate"
@@ -219,7 +223,6 @@ class Codec:
         self.clock = clock
         self.schedule = ProgressiveSchedule(ScaleLayout(parameters.M), self.networks, clock)
         self.means_hyper = parameters.means_hyper.to(self.device)
-        self.scale_table = parameters.tables.scale_table.to(self.device)
 
     @property
     def variant(self) -> str:
@@ -278,30 +281,33 @@ class Codec:
         decode (0 disables the guard stream's positions: same-backend decoding only)."""
         tables, section = self.parameters.tables, self.clock.section
         height, width = x.shape[-2:]
+        threads = config.coder_threads()
         with torch.no_grad(), deterministic_precision(self.device), \
-                _memory_for(*padded_size(int(height), int(width), self.alignment)):
+                _memory_for(*padded_size(int(height), int(width), self.alignment)), \
+                StreamEncoder(tables.y, tables.buckets, GuardWriter(guard_epsilon, tables.scale_table),
+                              threads=threads, overlap=True, clock=self.clock) as y_coder:
             with section("analysis"):
                 xp, y, z_q, z_hat, pad_b, pad_r = self._analyse(x)
             if z_q.shape[1] != tables.z.count:
                 raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
             with section("entropy_coding"):
-                z_enc = RansEncoder(tables.z)
-                z_enc.encode(z_q, _z_indexes(z_q.shape))
-                y_enc = RansEncoder(tables.y)
-                guard = GuardWriter(guard_epsilon)
+                z_coder = StreamEncoder(tables.z, tables.buckets, threads=threads)
+                z_coder.add(z_q, indexes=_z_indexes(z_q.shape))
+                z_stream = z_coder.finish()
             with section("analysis"):
                 y_scales = self.schedule.all_scales(y)
 
             def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
                 with section("entropy_coding"):
                     q = _round_symbols(self.schedule.symbols(y_scales, step) - means)
-                    guard.add_step(scales, self.scale_table)
-                    y_enc.encode(q, scale_indexes(scales, self.scale_table))
+                    y_coder.add(q, scales=scales)
                 return q
 
             with section("hyper"):
                 params = self.networks.h_s(z_hat)
             y_hat = self.schedule.run(params, encode_step)
+            with section("entropy_coding"):
+                streams = [z_stream, y_coder.finish(), y_coder.guard.flush()]
         with section("entropy_coding"):
             header = bitstream.Header(
                 variant=self.variant,
@@ -310,7 +316,7 @@ class Codec:
                 backend_digest=backend_digest(self.fingerprint),
                 height=int(height), width=int(width), pad_bottom=pad_b, pad_right=pad_r,
             )
-            data = bitstream.pack(header, [z_enc.flush(), y_enc.flush(), guard.flush()])
+            data = bitstream.pack(header, streams)
         return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
 
     def synthesise(self, y_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -358,6 +364,18 @@ class Codec:
                 raise BitstreamError(f"the {name} stream ({len(stream)} bytes) is too short for a "
                                      f"{header.width}x{header.height} image")
 
+    def _stream_decoders(self, header: bitstream.Header, streams: list[bytes]
+                         ) -> tuple[StreamDecoder | LegacyStreamDecoder, StreamDecoder | LegacyStreamDecoder]:
+        """Decoders of the z and y streams in the stream's format (the y one with the guard)."""
+        tables = self.parameters.tables
+        guard = GuardReader(streams[2], tables.scale_table)
+        if header.version == 2:
+            return (LegacyStreamDecoder(streams[0], tables.z, tables.buckets),
+                    LegacyStreamDecoder(streams[1], tables.y, tables.buckets, guard))
+        threads = config.coder_threads()
+        return (StreamDecoder(streams[0], tables.z, tables.buckets, threads=threads),
+                StreamDecoder(streams[1], tables.y, tables.buckets, guard, threads=threads))
+
     def decompress(self, data: bytes | bitstream.Bitstream) -> DecodeResult:
         """Decode a bitstream (its bytes, or as ``bitstream.parse``/``read_file`` parsed it: a header is
         parsed once); ``x_hat`` is the image in [0, 1] of shape (1, 3, H, W)."""
@@ -375,26 +393,21 @@ class Codec:
         ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
         with torch.no_grad(), deterministic_precision(self.device), _memory_for(ph, pw):
             with section("entropy_coding"):
+                z_dec, y_dec = self._stream_decoders(header, streams)
                 z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))
-                z_dec = RansDecoder(streams[0], tables.z)
-                z_q = torch.from_numpy(z_dec.decode(_z_indexes(z_shape))).reshape(z_shape)
+                z_q = z_dec.decode(z_shape, indexes=_z_indexes(z_shape))
                 z_dec.finish()
                 z_hat = z_q.to(device=self.device, dtype=torch.float32) + self.means_hyper
-                y_dec = RansDecoder(streams[1], tables.y)
-                guard = GuardReader(streams[2])
 
             def decode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
                 with section("entropy_coding"):
-                    indexes = guard.apply_step(scale_indexes(scales, self.scale_table), scales, self.scale_table)
-                    q = torch.from_numpy(y_dec.decode(indexes)).reshape(scales.shape)
-                    return q.to(device=means.device, dtype=means.dtype)
+                    return y_dec.decode(scales.shape, scales=scales).to(device=means.device, dtype=means.dtype)
 
             with section("hyper"):
                 params = self.networks.h_s(z_hat)
             y_hat = self.schedule.run(params, decode_step)
             with section("entropy_coding"):
                 y_dec.finish()
-                guard.finish()
             x_hat = self.synthesise(y_hat, header.height, header.width)
         return DecodeResult(x_hat=x_hat, y_hat=y_hat, z_hat=z_hat, header=header)
 

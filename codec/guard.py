@@ -9,6 +9,11 @@ relative scale error stays below ``epsilon`` then rebuilds every bucket exactly 
 "safeguarding", Pang et al., arXiv 2410.09872). The decoder never has to decide *whether* a position
 is listed, which would itself depend on floats; the list is explicit.
 
+The rule (``nearest_boundary``, ``GuardWriter.settle``) is decided in float64, but only for a few
+candidates: a float32 screen (``ScreenWindows``: a window of ``epsilon`` plus a margin around each
+boundary) flags every scale that could be listed, in the same pass that finds the buckets, on the
+step's device or in the native coder, and only the flagged scales are settled.
+
 Cost: about ``symbols * 2 * epsilon / 0.106`` listed positions (0.106 = log spacing of the 60-entry
 table), each a varint gap plus one bit. ``epsilon = 0`` turns the guard off.
 
@@ -19,6 +24,7 @@ gaps between listed positions) | one bit per listed position (1 = above the boun
 from __future__ import annotations
 
 import struct
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -27,12 +33,23 @@ from hpcm.errors import BitstreamError
 from .rans import decode_escapes, encode_escapes
 
 DEFAULT_EPSILON = 1e-5
+# The screen's windows reach this much (relative) beyond epsilon: far more than float32 rounding can
+# move a scale's ratio to a boundary (2^-23), so no scale the float64 rule lists falls outside.
+SCREEN_MARGIN = 1e-6
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
-def nearest_boundary(scales: torch.Tensor, table: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the nearest boundary of table[:-1], relative distance to it) for every scale (flat)."""
-    bounds = table[:-1].detach().double().cpu().numpy()
-    s = scales.detach().double().reshape(-1).cpu().numpy()
+def _float64(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def nearest_boundary(scales: ArrayLike, table: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the nearest boundary of table[:-1], relative distance to it) for every scale (flat), in float64."""
+    bounds = _float64(table[:-1])
+    s = _float64(scales)
     upper = np.clip(np.searchsorted(bounds, s), 0, bounds.size - 1)
     lower = np.clip(upper - 1, 0, bounds.size - 1)
     d_upper = np.abs(s / bounds[upper] - 1.0)
@@ -42,26 +59,61 @@ def nearest_boundary(scales: torch.Tensor, table: torch.Tensor) -> tuple[np.ndar
     return nearest, np.nan_to_num(distance, nan=np.inf)
 
 
+class ScreenWindows:
+    """Per bucket i, float32 limits around the two boundaries that enclose it: a scale in bucket i at
+    or above ``near_low[i]`` lies near boundary i, one at or below ``near_high[i]`` near boundary i - 1
+    (+inf and -inf where there is none). Every scale the float64 rule can list is flagged; a few more
+    are, and the rule settles them."""
+
+    def __init__(self, table: torch.Tensor, epsilon: float) -> None:
+        bounds = _float64(table[:-1].float())
+        reach = epsilon + SCREEN_MARGIN
+        low = bounds * (1.0 - reach)
+        high = bounds * (1.0 + reach)
+        low32, high32 = low.astype(np.float32), high.astype(np.float32)
+        # round outwards, so that the float32 windows hold the float64 ones
+        low32 = np.where(low32 > low, np.nextafter(low32, np.float32(-np.inf)), low32)
+        high32 = np.where(high32 < high, np.nextafter(high32, np.float32(np.inf)), high32)
+        self.near_low = np.append(low32, np.float32(np.inf)).astype(np.float32)
+        self.near_high = np.insert(high32, 0, np.float32(-np.inf)).astype(np.float32)
+
+    def candidates(self, scales: torch.Tensor, indexes: torch.Tensor) -> torch.Tensor:
+        """Flat positions (int64, on the scales' device) of the scales near a boundary of their bucket."""
+        s = scales.reshape(-1).float()
+        i = indexes.reshape(-1).long()
+        low = torch.from_numpy(self.near_low).to(s.device)
+        high = torch.from_numpy(self.near_high).to(s.device)
+        return torch.nonzero((s >= low[i]) | (s <= high[i])).reshape(-1)
+
+
 class GuardWriter:
-    def __init__(self, epsilon: float = DEFAULT_EPSILON) -> None:
+    """The guard stream of one image: ``settle`` decides a step's listed positions from its
+    candidates (any thread, any order), ``add_step`` records them in step order."""
+
+    def __init__(self, epsilon: float, table: torch.Tensor) -> None:
         if not 0.0 <= epsilon < 0.05:
             raise ValueError("guard epsilon must be in [0, 0.05) (the table's log spacing is 0.106)")
         self.epsilon = float(epsilon)
+        self.table = table.detach().cpu().float()
+        self.windows: Optional[ScreenWindows] = ScreenWindows(self.table, self.epsilon) if epsilon > 0 else None
         self.varints: list[np.ndarray] = []
         self.bits: list[np.ndarray] = []
         self.listed = 0
 
-    def add_step(self, scales: torch.Tensor, table: torch.Tensor) -> None:
-        if self.epsilon == 0.0:
-            self.varints.append(np.zeros(1, dtype=np.int64))
-            return
-        nearest, distance = nearest_boundary(scales, table)
-        positions = np.flatnonzero(distance < self.epsilon)
-        bounds = table[:-1].detach().double().cpu().numpy()
-        s = scales.detach().double().reshape(-1).cpu().numpy()[positions]
-        self.bits.append((s > bounds[nearest[positions]]).astype(np.uint8))
+    def settle(self, candidates: np.ndarray, scales: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """(listed positions, 1 where the scale lies above its boundary) among ``candidates`` (increasing
+        flat positions) whose ``scales`` lie within epsilon of a boundary, in float64."""
+        if self.windows is None or candidates.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
+        nearest, distance = nearest_boundary(scales, self.table)
+        keep = distance < self.epsilon
+        above = _float64(scales)[keep] > _float64(self.table[:-1])[nearest[keep]]
+        return np.asarray(candidates, dtype=np.int64)[keep], above.astype(np.uint8)
+
+    def add_step(self, positions: np.ndarray, above: np.ndarray) -> None:
         gaps = np.diff(np.concatenate([[-1], positions])) - 1
         self.varints.append(np.concatenate([[positions.size], gaps]).astype(np.int64))
+        self.bits.append(above)
         self.listed += positions.size
 
     def flush(self) -> bytes:
@@ -71,43 +123,55 @@ class GuardWriter:
 
 
 class GuardReader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, table: torch.Tensor) -> None:
         if len(data) < 8:
             raise BitstreamError("guard stream is truncated")
         self.epsilon, length = struct.unpack_from("<fI", data)
         if not 0.0 <= self.epsilon < 0.05 or length > len(data) - 8:
             raise BitstreamError("guard stream header is invalid")
+        self.table = table.detach().cpu().float()
         self.values = decode_escapes(data[8:8 + length]).astype(np.int64)
         self.bits = np.unpackbits(np.frombuffer(data[8 + length:], dtype=np.uint8))
         self.cursor = 0
         self.bit_cursor = 0
 
-    def apply_step(self, indexes: torch.Tensor, scales: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """This step's buckets with the listed positions overridden from the stream."""
+    def next_step(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next step's listed positions (strictly increasing, below ``count``) and their bits."""
         if self.cursor >= self.values.size:
             raise BitstreamError("guard stream ends before the last step")
-        count = int(self.values[self.cursor])
+        listed = int(self.values[self.cursor])
         self.cursor += 1
-        if count < 0 or count > indexes.numel() or self.cursor + count > self.values.size:
+        if listed < 0 or listed > count or self.cursor + listed > self.values.size:
             raise BitstreamError("guard stream lists more positions than the step has")
-        if count == 0:
-            return indexes
-        gaps = self.values[self.cursor:self.cursor + count]
-        self.cursor += count
+        gaps = self.values[self.cursor:self.cursor + listed]
+        self.cursor += listed
         if (gaps < 0).any():
             raise BitstreamError("guard stream has a negative gap")
         positions = np.cumsum(gaps + 1) - 1
-        if positions[-1] >= indexes.numel():
+        if listed and positions[-1] >= count:
             raise BitstreamError("guard stream position out of range")
-        if self.bit_cursor + count > self.bits.size:
+        if self.bit_cursor + listed > self.bits.size:
             raise BitstreamError("guard stream has too few bits")
-        above = self.bits[self.bit_cursor:self.bit_cursor + count].astype(np.int64)
-        self.bit_cursor += count
+        above = self.bits[self.bit_cursor:self.bit_cursor + listed]
+        self.bit_cursor += listed
+        return positions.astype(np.int64), above
+
+    def rows(self, scales: ArrayLike, above: np.ndarray) -> np.ndarray:
+        """The buckets (int32) of listed positions with these (the decoder's own) ``scales``: the
+        boundary nearest to each, moved up where the encoder's scale lay above it."""
+        nearest, _ = nearest_boundary(scales, self.table)
+        return (nearest + above).astype(np.int32)
+
+    def apply_step(self, indexes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """This step's buckets with the listed positions overridden from the stream (on the step's device)."""
+        positions, above = self.next_step(indexes.numel())
+        if positions.size == 0:
+            return indexes
         # the step's tensors live where the networks ran (a GPU too); the stream's lists on the host
         listed = torch.from_numpy(positions).to(indexes.device)
-        nearest, _ = nearest_boundary(scales.reshape(-1)[listed.to(scales.device)], table)
+        rows = self.rows(scales.reshape(-1)[listed.to(scales.device)], above)
         flat = indexes.reshape(-1).clone()
-        flat[listed] = torch.from_numpy(nearest + above).to(device=flat.device, dtype=flat.dtype)
+        flat[listed] = torch.from_numpy(rows).to(device=flat.device, dtype=flat.dtype)
         return flat.reshape(indexes.shape)
 
     def finish(self) -> None:

@@ -1,12 +1,21 @@
-"""Entropy coder of the codec: interleaved rANS driven by a table index per symbol.
+"""Entropy coder of the codec: interleaved rANS driven by a table index per symbol, in independent
+substreams coded in parallel.
 
 ``rans_core.cpp`` is the implementation used in practice; it is compiled with the system C++
 compiler on first use and cached (``hpcm.config.cache_dir()``). Where it cannot be built (no
 compiler, a failing one, an unusable cache folder) the pure-Python implementation below, which
-produces the identical stream, is used with a notice saying why (about 100x slower). The stream
-format is documented at the top of ``rans_core.cpp``.
+produces the identical words, is used with a notice saying why (about 100x slower). The word format
+is documented at the top of ``rans_core.cpp``.
 
-A coded stream (the bytes returned by :meth:`RansEncoder.flush`) is
+Bitstream format 3 (written): each step's symbols are cut into substreams (``substream_offsets``),
+each coded on its own, so that a thread pool codes and decodes them in parallel and the encoder can
+code a step while the next step's networks run. A coded stream (``pack_substreams``) is
+``varint(number of substreams) | per substream: varint(words), varint(bytes of escaped values) |
+the words of every substream (uint16 LE) | their escaped values (zigzag varints)``. The native
+coder also finds each symbol's scale bucket (``ScaleBuckets``) and the boundary guard's candidates
+on the way, so a step takes one pass over its symbols.
+
+Format 2 (decoded only, ``RansDecoder``): one stream for all steps,
 ``varint(number of rANS words) | rANS words (uint16 LE) | escapes (zigzag varints, to the end)``.
 """
 
@@ -14,8 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +33,7 @@ import torch
 from hpcm import config
 from hpcm.errors import BitstreamError, EntropyTableError, NativeBuildError
 from hpcm.log import LOG
+from hpcm.models.cdf_tables import scale_indexes
 from hpcm.native import build_shared_library, library_path as library_file_path
 
 LANES = 4
@@ -32,13 +43,19 @@ LUT_BITS = 12
 # Residual symbols are int32 in the coder; the codec clamps values to this magnitude so that
 # value - offset can never overflow.
 MAX_ABS_VALUE = 1 << 30
+# Format 3: a step codes one substream per this many symbols (at least one). Each substream costs its
+# final states and its two counts (about 19 bytes); 2^17 gives two or more at the 1920x1080 s3 steps
+# (345,600 symbols) and keeps that cost near 300 bytes per 1080p image.
+SUBSTREAM_SYMBOLS = 1 << 17
 
 SOURCE = Path(__file__).with_name("rans_core.cpp")
 
 _i32p = ctypes.POINTER(ctypes.c_int32)
+_f32p = ctypes.POINTER(ctypes.c_float)
 _u32p = ctypes.POINTER(ctypes.c_uint32)
 _u16p = ctypes.POINTER(ctypes.c_uint16)
 _i64p = ctypes.POINTER(ctypes.c_int64)
+_vp = ctypes.c_void_p
 
 
 def library_path() -> Path:
@@ -57,11 +74,22 @@ def _load_library(cache_dir: str, compiler: Optional[str]) -> Optional[ctypes.CD
                     "(the same streams, about 100x slower)")
         return None
     lib = ctypes.CDLL(str(target))
-    lib.hpcm_rans_encode.restype = ctypes.c_int64
-    lib.hpcm_rans_encode.argtypes = [ctypes.c_int32, _i32p, _i32p, ctypes.c_int64, _i32p, ctypes.c_int64,
-                                     _i32p, _i32p, ctypes.c_int64, _u16p, ctypes.c_int64, _i32p, _i64p]
     lib.hpcm_rans_build_lut.restype = None
     lib.hpcm_rans_build_lut.argtypes = [_i32p, ctypes.c_int64, _i32p, ctypes.c_int64, _u16p]
+    # the per-step functions take array addresses (``_address``): ctypes' pointer objects cost more
+    # to make than a small step takes to code
+    lib.hpcm_bucket_lut.restype = None
+    lib.hpcm_bucket_lut.argtypes = [_vp, ctypes.c_int32, _vp]
+    lib.hpcm_bucket_indexes.restype = None
+    lib.hpcm_bucket_indexes.argtypes = [_vp, ctypes.c_int64, _vp, ctypes.c_int32, _vp, _vp]
+    lib.hpcm_encode_parts.restype = ctypes.c_int32
+    lib.hpcm_encode_parts.argtypes = [ctypes.c_int32, ctypes.c_int64, _vp, _vp, _vp, _vp, _vp, ctypes.c_int32, _vp,
+                                      _vp, _vp, _vp, ctypes.c_int64, _vp, _vp, ctypes.c_int64, _vp, _vp, _vp, _vp,
+                                      _vp, _vp, _vp]
+    lib.hpcm_decode_parts.restype = ctypes.c_int32
+    lib.hpcm_decode_parts.argtypes = [ctypes.c_int32, ctypes.c_int64, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp,
+                                      ctypes.c_int32, _vp, _vp, _vp, ctypes.c_int64, _vp, ctypes.c_int64, _vp, _vp,
+                                      ctypes.c_int64, _vp, _vp]
     lib.hpcm_rans_decode.restype = ctypes.c_int32
     lib.hpcm_rans_decode.argtypes = [ctypes.c_int32, _u16p, ctypes.c_int64, _i64p, _u32p, _i64p, _i32p,
                                      ctypes.c_int64, _i32p, ctypes.c_int64, _i32p, _i32p, ctypes.c_int64,
@@ -78,6 +106,11 @@ def native_library() -> Optional[ctypes.CDLL]:
 
 def _ptr(a: np.ndarray, kind):  # noqa: ANN001 - ctypes pointer types have no useful annotation
     return a.ctypes.data_as(kind)
+
+
+def _address(a: Optional[np.ndarray]) -> Optional[int]:
+    """The address of a contiguous array's data (None for no array)."""
+    return None if a is None else a.ctypes.data
 
 
 def _as_numpy(a: torch.Tensor | np.ndarray, dtype) -> np.ndarray:  # noqa: ANN001
@@ -174,106 +207,321 @@ def encode_escapes(values: np.ndarray) -> bytes:
     return (chunk | more).astype(np.uint8).tobytes()
 
 
-def decode_escapes(data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_escapes`; raises BitstreamError on malformed input."""
-    if not data:
-        return np.zeros(0, dtype=np.int32)
-    b = np.frombuffer(data, dtype=np.uint8)
+def _decode_varints(b: np.ndarray, what: str) -> np.ndarray:
+    """Unsigned LEB128 values (below 2^32, int64) of the bytes ``b``, which end with a value."""
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
     last = b < 0x80
     if not last[-1]:
-        raise BitstreamError("escape list ends inside a value")
+        raise BitstreamError(f"{what} ends inside a value")
     ends = np.flatnonzero(last)
     starts = np.concatenate([[0], ends[:-1] + 1])
     if (ends - starts).max() > 4:
-        raise BitstreamError("escape value longer than 32 bits")
+        raise BitstreamError(f"{what} has a value longer than 32 bits")
     owner = np.repeat(np.arange(ends.size), ends - starts + 1)
     k = np.arange(b.size) - starts[owner]
     parts = (b & 0x7F).astype(np.uint64) << (7 * k).astype(np.uint64)
     u = np.zeros(ends.size, dtype=np.uint64)
     np.add.at(u, owner, parts)
     if (u >= np.uint64(1) << np.uint64(32)).any():
-        raise BitstreamError("escape value out of range")
-    u = u.astype(np.int64)
+        raise BitstreamError(f"{what} has a value out of range")
+    return u.astype(np.int64)
+
+
+def decode_escapes(data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_escapes`; raises BitstreamError on malformed input."""
+    u = _decode_varints(np.frombuffer(data, dtype=np.uint8), "escape list")
     v = (u >> 1) ^ -(u & 1)
     if (np.abs(v) > MAX_ABS_VALUE).any():
         raise BitstreamError("escape value out of range")
     return v.astype(np.int32)
 
 
-def _python_encode(values: np.ndarray, indexes: np.ndarray, t: CdfTables) -> tuple[np.ndarray, np.ndarray]:
+def substream_offsets(count: int) -> np.ndarray:
+    """Where a step of ``count`` symbols is cut into substreams (part j: symbols offsets[j] to
+    offsets[j + 1]): one substream per ``SUBSTREAM_SYMBOLS`` symbols, at least one. A function of the
+    count alone, so the encoder and every decoder cut alike whatever their thread count."""
+    parts = max(1, count // SUBSTREAM_SYMBOLS)
+    return (np.arange(parts + 1, dtype=np.int64) * count) // parts
+
+
+class ScaleBuckets:
+    """The bucket search over a scale table in the native coder: the bounds (the table without its last
+    entry) as float32, and a lookup table over float patterns built once (``rans_core.cpp``). It
+    computes what ``hpcm.models.cdf_tables.scale_indexes`` computes, for CPU float32 scales."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table.detach().cpu().float()
+        self.count = self.table.numel() - 1  # bounds
+        if self.count >= 1 << 16:
+            raise EntropyTableError(f"the scale table has {self.table.numel()} entries; the coder takes at most 65536")
+        # the bounds, then +inf, which ends the native search without a bounds check
+        self.bounds = np.append(self.table[:-1].numpy(), np.float32(np.inf)).astype(np.float32)
+        self._lut: np.ndarray | None = None
+
+    def lut(self, lib: ctypes.CDLL) -> np.ndarray:
+        if self._lut is None:
+            lut = np.zeros(1 << 14, dtype=np.uint16)
+            lib.hpcm_bucket_lut(_address(self.bounds), self.count, _address(lut))
+            self._lut = lut
+        return self._lut
+
+
+def _python_encode_part(values: np.ndarray, indexes: np.ndarray, t: CdfTables) -> tuple[np.ndarray, np.ndarray]:
+    """One substream's words and escaped values (the pure-Python form of ``encode_part``, rans_core.cpp)."""
     states = [STATE_LOW] * LANES
-    words: list[int] = []
+    backwards: list[int] = []  # words in reverse stream order
     escapes: list[int] = []
-    for i in range(values.size - 1, -1, -1):
-        idx = int(indexes[i])
+    for j in range(values.size - 1, -1, -1):
+        idx = int(indexes[j])
+        value = int(values[j])
         tail = int(t.length[idx]) - 2
-        s = int(values[i]) - int(t.offset[idx])
+        s = value - int(t.offset[idx])
         if s < 0 or s >= tail:
-            escapes.append(int(values[i]))
+            escapes.append(value)
             s = tail
         start = int(t.cdf[idx, s])
         freq = int(t.cdf[idx, s + 1]) - start
-        x = states[i % LANES]
+        x = states[j % LANES]
         if x >= freq << 16:
-            words.append(x & 0xFFFF)
+            backwards.append(x & 0xFFFF)
             x >>= 16
-        states[i % LANES] = ((x // freq) << PROB_BITS) + (x % freq) + start
+        states[j % LANES] = ((x // freq) << PROB_BITS) + (x % freq) + start
     for lane in range(LANES - 1, -1, -1):
-        words.append(states[lane] & 0xFFFF)
-        words.append(states[lane] >> 16)
-    words.reverse()
-    escapes.reverse()
-    return np.array(words, dtype=np.uint16), np.array(escapes, dtype=np.int32)
+        backwards.append(states[lane] & 0xFFFF)
+        backwards.append(states[lane] >> 16)
+    return np.array(backwards[::-1], dtype=np.uint16), np.array(escapes[::-1], dtype=np.int32)
 
 
-class RansEncoder:
-    """Collects symbols (in coding order, possibly over several calls) and codes them at flush.
-
-    rANS codes in reverse, so nothing is emitted before :meth:`flush`.
-    """
-
-    def __init__(self, tables: CdfTables) -> None:
-        self.tables = tables
-        self._values: list[np.ndarray] = []
-        self._indexes: list[np.ndarray] = []
-
-    def encode(self, values: torch.Tensor | np.ndarray, indexes: torch.Tensor | np.ndarray) -> None:
-        """Queue integer residuals ``values`` coded with table rows ``indexes`` (same shape)."""
-        v = _as_numpy(values, np.int32)
-        i = _as_numpy(indexes, np.int32)
-        if v.shape != i.shape:
-            raise ValueError("values and indexes must have the same number of elements")
-        if v.size and (v.min() < -MAX_ABS_VALUE or v.max() > MAX_ABS_VALUE):
-            raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE}")
-        self.tables.check_indexes(i)
-        self._values.append(v)
-        self._indexes.append(i)
-
-    def flush(self) -> bytes:
-        values = np.concatenate(self._values) if self._values else np.zeros(0, np.int32)
-        indexes = np.concatenate(self._indexes) if self._indexes else np.zeros(0, np.int32)
-        self._values, self._indexes = [], []
-        lib = native_library()
-        t = self.tables
-        if lib is None:
-            words, escapes = _python_encode(values, indexes, t)
+def _python_decode_part(words: np.ndarray, escapes: np.ndarray, indexes: np.ndarray, t: CdfTables,
+                        out: np.ndarray) -> None:
+    """Decodes one substream into ``out`` (the pure-Python form of ``decode_part`` in rans_core.cpp)."""
+    if words.size < 2 * LANES:
+        raise BitstreamError(_DECODE_ERRORS[-6])
+    states = [(int(words[2 * lane]) << 16) | int(words[2 * lane + 1]) for lane in range(LANES)]
+    if min(states) < STATE_LOW:
+        raise BitstreamError(_DECODE_ERRORS[-6])
+    pos, esc = 2 * LANES, 0
+    for j in range(indexes.size):
+        row = int(indexes[j])
+        cdf = t.cdf[row]
+        x = states[j % LANES]
+        slot = x & 0xFFFF
+        s = int(np.searchsorted(cdf[: t.length[row]], slot, side="right")) - 1
+        start = int(cdf[s])
+        x = (int(cdf[s + 1]) - start) * (x >> PROB_BITS) + slot - start
+        if x < STATE_LOW:
+            if pos >= words.size:
+                raise BitstreamError(_DECODE_ERRORS[-1])
+            x = (x << 16) | int(words[pos])
+            pos += 1
+        states[j % LANES] = x
+        if s == int(t.length[row]) - 2:
+            if esc >= escapes.size:
+                raise BitstreamError(_DECODE_ERRORS[-3])
+            out[j] = escapes[esc]
+            esc += 1
         else:
-            cap = values.size + 2 * LANES + 1
-            out = np.empty(cap, dtype=np.uint16)
-            esc = np.empty(max(values.size, 1), dtype=np.int32)
-            n_esc = ctypes.c_int64(0)
-            used = lib.hpcm_rans_encode(LANES, _ptr(values, _i32p), _ptr(indexes, _i32p), values.size,
-                                        _ptr(t.cdf, _i32p), t.stride, _ptr(t.length, _i32p),
-                                        _ptr(t.offset, _i32p), t.count, _ptr(out, _u16p), cap,
-                                        _ptr(esc, _i32p), ctypes.byref(n_esc))
-            if used < 0:
-                raise RuntimeError(f"rANS encoder failed with code {used}")
-            words, escapes = out[:used], esc[: n_esc.value]
-        return _write_varint(words.size) + words.astype("<u2").tobytes() + encode_escapes(escapes)
+            out[j] = s + int(t.offset[row])
+    if pos != words.size or esc != escapes.size or any(x != STATE_LOW for x in states):
+        raise BitstreamError(_DECODE_ERRORS[-5])
+
+
+_DECODE_ERRORS = {
+    -1: "rANS stream ended before all symbols were decoded",
+    -2: "rANS stream selects a table that does not exist",
+    -3: "rANS stream references more escapes than it carries",
+    -5: "rANS stream is inconsistent (trailing words or escapes, or a final state mismatch)",
+    -6: "rANS stream has an invalid initial state",
+}
+
+
+@dataclass
+class CodedStep:
+    """One step's substreams: words and escaped values of each, and the positions the guard's screen
+    flagged (coding from scales with screen windows only)."""
+
+    words: list[np.ndarray]
+    escapes: list[np.ndarray]
+    candidates: np.ndarray
+
+
+class Coder:
+    """The rANS coder of one codec call: the native library (looked up once; None: the pure-Python
+    coder) and the threads that code a step's substreams."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.lib = native_library()
+        self.threads = threads
+
+    @property
+    def native(self) -> bool:
+        return self.lib is not None
+
+    def bucket_indexes(self, scales: torch.Tensor, buckets: ScaleBuckets) -> torch.Tensor:
+        """Bucket index (int32) of every scale: natively for CPU float32 scales, else ``scale_indexes``."""
+        if self.lib is None or scales.device.type != "cpu" or scales.dtype != torch.float32:
+            return scale_indexes(scales, buckets.table.to(scales.device))
+        flat = _as_numpy(scales, np.float32)
+        out = np.empty(flat.size, dtype=np.int32)
+        self.lib.hpcm_bucket_indexes(_address(flat), flat.size, _address(buckets.bounds), buckets.count,
+                                     _address(buckets.lut(self.lib)), _address(out))
+        return torch.from_numpy(out).reshape(scales.shape)
+
+    def encode(self, values: np.ndarray, tables: CdfTables, offsets: np.ndarray, *,
+               indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
+               buckets: Optional[ScaleBuckets] = None,
+               windows: Optional[tuple[np.ndarray, np.ndarray]] = None) -> CodedStep:
+        """The substreams of one step (symbols cut at ``offsets``) and, coding from ``scales``, the
+        positions that the guard's screen ``windows`` flag (increasing).
+
+        ``values``: the step's symbols, float32 (rounded) within +-MAX_ABS_VALUE. Table rows:
+        ``indexes`` (int32), or ``scales`` (float32, native coder only) bucketed over ``buckets`` on
+        the way; ``windows`` = (near_low, near_high) per bucket (``guard.ScreenWindows``). The words
+        do not depend on the thread count."""
+        n, parts = values.size, offsets.size - 1
+        if self.lib is None:
+            if indexes is None:
+                raise ValueError("the pure-Python coder codes from table indexes, not scales")
+            tables.check_indexes(indexes)
+            if n and not (np.abs(values) <= MAX_ABS_VALUE).all():
+                raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE}")
+            coded = [_python_encode_part(values[a:b], indexes[a:b], tables) for a, b in zip(offsets[:-1], offsets[1:])]
+            return CodedStep([w for w, _ in coded], [e for _, e in coded], np.zeros(0, dtype=np.int64))
+        region = np.concatenate([[0], np.cumsum(np.diff(offsets) + 2 * LANES)]).astype(np.int64)
+        out = np.empty(int(region[-1]), dtype=np.uint16)
+        first = np.empty(parts, dtype=np.int64)
+        esc = np.empty(n, dtype=np.int32)
+        esc_count = np.zeros(parts, dtype=np.int64)
+        screened = scales is not None and windows is not None
+        cand = np.empty(n if screened else 0, dtype=np.int64)
+        cand_count = np.zeros(parts, dtype=np.int64)
+        near_low, near_high = windows if screened else (None, None)
+        with_buckets = buckets is not None and indexes is None
+        rc = self.lib.hpcm_encode_parts(
+            self.threads, parts, _address(offsets), _address(values), _address(indexes), _address(scales),
+            _address(buckets.bounds) if with_buckets else None, buckets.count if with_buckets else 0,
+            _address(buckets.lut(self.lib)) if with_buckets else None, _address(near_low), _address(near_high),
+            _address(tables.cdf), tables.stride, _address(tables.length), _address(tables.offset), tables.count,
+            _address(out), _address(region), _address(first), _address(esc), _address(esc_count), _address(cand),
+            _address(cand_count))
+        if rc == -2:
+            raise ValueError(f"table index out of range [0, {tables.count})")
+        if rc == -7:
+            raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE} (or not a number)")
+        if rc != 0:
+            raise RuntimeError(f"rANS encoder failed with code {rc}")
+        starts = offsets[:-1]
+        return CodedStep([out[first[j]:region[j + 1]] for j in range(parts)],
+                         [esc[starts[j]:starts[j] + esc_count[j]] for j in range(parts)],
+                         np.concatenate([cand[starts[j]:starts[j] + cand_count[j]] for j in range(parts)])
+                         if screened else np.zeros(0, dtype=np.int64))
+
+    def decode(self, reader: "SubstreamReader", parts: "SubstreamSpan", offsets: np.ndarray, tables: CdfTables, *,
+               indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
+               buckets: Optional[ScaleBuckets] = None,
+               overrides: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int32))
+               ) -> np.ndarray:
+        """The symbols (float32) of one step from the substreams ``parts`` of ``reader`` (symbols cut
+        at ``offsets``). Table rows: ``indexes``, or ``scales`` bucketed over ``buckets`` (native
+        coder only); the positions ``overrides[0]`` (strictly increasing) take the rows
+        ``overrides[1]`` (the boundary guard's). Raises BitstreamError on a corrupt substream."""
+        n = int(offsets[-1])
+        positions, rows = overrides
+        out = np.empty(n, dtype=np.float32)
+        if self.lib is None:
+            if indexes is None:
+                raise ValueError("the pure-Python coder decodes with table indexes, not scales")
+            indexes = indexes.copy()
+            indexes[positions] = rows
+            tables.check_indexes(indexes)
+            for j in range(offsets.size - 1):
+                a, b = offsets[j], offsets[j + 1]
+                _python_decode_part(reader.words[parts.words[j]:parts.words[j + 1]],
+                                    reader.escapes[parts.escapes[j]:parts.escapes[j + 1]], indexes[a:b], tables,
+                                    out[a:b])
+            return out
+        with_buckets = buckets is not None and indexes is None
+        rc = self.lib.hpcm_decode_parts(
+            self.threads, offsets.size - 1, _address(offsets), _address(reader.words), _address(parts.words),
+            _address(reader.escapes), _address(parts.escapes), _address(indexes), _address(scales),
+            _address(buckets.bounds) if with_buckets else None, buckets.count if with_buckets else 0,
+            _address(buckets.lut(self.lib)) if with_buckets else None, _address(positions), _address(rows),
+            positions.size, _address(tables.cdf), tables.stride, _address(tables.length), _address(tables.offset),
+            tables.count, _address(tables.lut(self.lib)), _address(out))
+        if rc != 0:
+            raise BitstreamError(_DECODE_ERRORS.get(rc, f"rANS decoder failed with code {rc}"))
+        return out
+
+
+def pack_substreams(steps: Sequence[CodedStep]) -> bytes:
+    """A coded stream: the number of substreams, each one's word count and escape bytes, then all
+    their words, then all their escaped values (zigzag varints)."""
+    words = [w for step in steps for w in step.words]
+    escapes = [encode_escapes(e) for step in steps for e in step.escapes]
+    directory = _write_varint(len(words)) + b"".join(_write_varint(w.size) + _write_varint(len(e))
+                                                     for w, e in zip(words, escapes))
+    return directory + b"".join(w.astype("<u2", copy=False).tobytes() for w in words) + b"".join(escapes)
+
+
+@dataclass(frozen=True)
+class SubstreamSpan:
+    """Where some consecutive substreams lie in a ``SubstreamReader``: offsets (count + 1) into its
+    words and its escaped values."""
+
+    words: np.ndarray
+    escapes: np.ndarray
+
+
+class SubstreamReader:
+    """The substreams of a coded stream (``pack_substreams``), handed out in order, a step at a time."""
+
+    def __init__(self, data: bytes) -> None:
+        count, pos = _read_varint(data, 0)
+        b = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(b[pos:pos + 10 * count] < 0x80)  # a directory varint is at most 5 bytes
+        if ends.size < 2 * count:
+            raise BitstreamError("rANS stream is truncated inside its directory")
+        directory_end = pos + (int(ends[2 * count - 1]) + 1 if count else 0)
+        sizes = _decode_varints(b[pos:directory_end], "rANS stream directory").reshape(count, 2)
+        word_bytes = 2 * int(sizes[:, 0].sum())
+        escape_ends = np.cumsum(sizes[:, 1])
+        if directory_end + word_bytes + (int(escape_ends[-1]) if count else 0) != len(data):
+            raise BitstreamError(f"rANS stream is truncated or extended: it holds {len(data) - directory_end} bytes "
+                                 "after its directory, which describes another number")
+        self.words = np.frombuffer(data, dtype="<u2", count=word_bytes // 2, offset=directory_end).astype(np.uint16)
+        escape_bytes = b[directory_end + word_bytes:]
+        value_ends = escape_bytes < 0x80
+        if count and (sizes[:, 1] > 0).any() and not value_ends[escape_ends[sizes[:, 1] > 0] - 1].all():
+            raise BitstreamError("rANS stream has a substream whose escaped values end inside a value")
+        self.escapes = decode_escapes(escape_bytes.tobytes())
+        # escaped values before each substream: values that end before its first byte
+        ended = np.concatenate([[0], np.cumsum(value_ends)]).astype(np.int64)
+        self._words = np.concatenate([[0], np.cumsum(sizes[:, 0])]).astype(np.int64)
+        self._escapes = ended[np.concatenate([[0], escape_ends]).astype(np.int64)]
+        self._next = 0
+
+    @property
+    def count(self) -> int:
+        """How many substreams the stream holds."""
+        return self._words.size - 1
+
+    def take(self, count: int) -> SubstreamSpan:
+        """The next ``count`` substreams."""
+        if self._next + count > self.count:
+            raise BitstreamError("rANS stream has fewer substreams than the image needs")
+        span = SubstreamSpan(self._words[self._next:self._next + count + 1],
+                             self._escapes[self._next:self._next + count + 1])
+        self._next += count
+        return span
+
+    def finish(self) -> None:
+        if self._next != self.count:
+            raise BitstreamError("rANS stream has more substreams than the image needs")
 
 
 class RansDecoder:
-    """Decodes a stream from :meth:`RansEncoder.flush` in the same chunks the encoder received.
+    """Decodes a format-2 stream (one stream for all steps) in the chunks its encoder received.
 
     Every failure on corrupt input raises BitstreamError; :meth:`finish` proves that the whole
     stream was consumed consistently (all words and escapes used, every lane back at its start).

@@ -19,7 +19,7 @@ from hpcm.digests import hash_tensors
 from hpcm.errors import EntropyTableError
 from hpcm.models.cdf_tables import TABLE_NAMES
 
-from .rans import CdfTables
+from .rans import CdfTables, ScaleBuckets
 
 DIGEST_BYTES = 8
 
@@ -72,6 +72,7 @@ class EntropyTables:
         except EntropyTableError as exc:
             raise EntropyTableError(f"{source}: invalid CDF tables: {exc}") from exc
         self.scale_table = self._checked_scale_table()
+        self.buckets = ScaleBuckets(self.scale_table)
         self.digest = tensor_digest([(n, self.arrays[n]) for n in TABLE_NAMES])
         self.min_bits_y = self._min_symbol_bits(self.y)
         self.min_bits_z = self._min_symbol_bits(self.z)

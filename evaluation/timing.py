@@ -7,6 +7,10 @@ it (``other`` when none is: Python glue between stages), so the stages of one ca
 call's time by construction. Marks are ``time.perf_counter`` readings on CPU and CUDA events on the
 device's current stream on a GPU (read after one synchronisation at the end, so timing does not
 serialise the stream).
+
+Work that the codec runs on another thread, overlapped with the calling thread's stages (entropy
+coding beside the next step's networks), is not in any stage: ``overlapped`` times it (host
+``perf_counter``) into ``Measurement.overlapped``, reported beside the stages, never added to them.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class Measurement:
     stages: dict[str, float] = field(default_factory=dict)
     span: float = 0.0  # first to last mark: the sum of ``stages``
     wall: float = 0.0  # perf_counter around the call, after synchronising the device
+    overlapped: dict[str, float] = field(default_factory=dict)  # per stage: seconds on other threads
 
 
 Mark = Union[float, "torch.cuda.Event"]
@@ -63,6 +68,7 @@ class StageTimeline:
         self.device = torch.device(device)
         self._stack: list[str] = []
         self._marks: list[tuple[Mark, str]] = []  # (when, stage that runs from then on)
+        self._overlapped: list[tuple[str, float]] = []  # (stage, seconds) of work on other threads
         self._recording = False
 
     def _mark(self) -> None:
@@ -86,6 +92,16 @@ class StageTimeline:
             self._stack.pop()
             self._mark()
 
+    @contextlib.contextmanager
+    def overlapped(self, stage: str) -> Iterator[None]:
+        """Time work of ``stage`` that runs on another thread than the sections' (thread-safe)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self._recording:
+                self._overlapped.append((stage, time.perf_counter() - start))
+
     def _elapsed(self, start: Mark, end: Mark) -> float:
         if isinstance(start, float):
             return end - start
@@ -95,7 +111,7 @@ class StageTimeline:
     def measure(self) -> Iterator[Measurement]:
         """Measure the calls of the block; the ``Measurement`` is filled when the block ends."""
         result = Measurement()
-        self._marks, self._recording = [], True
+        self._marks, self._overlapped, self._recording = [], [], True
         try:
             with stopwatch(self.device) as wall:
                 self._mark()
@@ -107,7 +123,9 @@ class StageTimeline:
         for (start, stage), (end, _) in zip(self._marks, self._marks[1:]):
             result.stages[stage] = result.stages.get(stage, 0.0) + self._elapsed(start, end)
         result.span = sum(result.stages.values())
-        self._marks = []
+        for stage, seconds in self._overlapped:
+            result.overlapped[stage] = result.overlapped.get(stage, 0.0) + seconds
+        self._marks, self._overlapped = [], []
 
 
 def summary(samples: Sequence[float]) -> dict:

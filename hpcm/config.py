@@ -25,9 +25,13 @@ DEFAULT_MAX_PIXELS = 2048 * 2048
 
 # Threads per worker of hpcm compress/decompress and eval --ray when --threads is not given: on a CPU
 # the cores go to separate images (one worker per core; images need no synchronisation, a network's
-# threads do); on a GPU one thread serves the host side of one codec (entropy coding is single-threaded).
+# threads do); on a GPU one thread serves the host side of one codec (the native coder's own pool, below, is apart).
 DEFAULT_CPU_THREADS = 1
 DEFAULT_GPU_THREADS = 1
+# The native coder's default thread count is the CPU count up to this: a 1920x1080 step has at most
+# two substreams and a 3840x2160 one ten (hpcm.codec.rans.SUBSTREAM_SYMBOLS), so more threads
+# rarely find work (DCVC-UF runs up to 8 rANS coders).
+MAX_DEFAULT_CODER_THREADS = 8
 
 # name -> what it sets; tests/test_config.py checks that the README's table lists each one
 ENVIRONMENT = {
@@ -37,6 +41,8 @@ ENVIRONMENT = {
     "ONNXRUNTIME_INCLUDE_DIR": "folder with ONNX Runtime's onnxruntime_c_api.h: builds the native ORT op",
     "HPCM_BIWKV_ORT_OP": "a prebuilt native ONNX Runtime op library (instead of building one)",
     "HPCM_PURE_PYTHON_RANS": "1: use the pure-Python rANS coder even where the C++ one builds",
+    "HPCM_CODER_THREADS": "threads of the native rANS coder (default: the CPU count, at most 8; the streams are "
+                          "the same for any count)",
     "CXX": "C++ compiler for the native libraries (default g++, c++ or clang++ on PATH)",
     "HPCM_MAX_PIXELS": "largest image, in pixels after padding, that encode and decode accept (default 4194304 "
                        "= 2048x2048; the CLI's --max-pixels overrides it)",
@@ -86,6 +92,17 @@ def onnxruntime_op_library() -> Optional[Path]:
 
 def pure_python_rans() -> bool:
     return _env("HPCM_PURE_PYTHON_RANS") == "1"
+
+
+def coder_threads() -> int:
+    """Threads that code the substreams of a step: ``HPCM_CODER_THREADS``, else the CPU count up to
+    ``MAX_DEFAULT_CODER_THREADS``."""
+    value = _env("HPCM_CODER_THREADS")
+    if value is None:
+        return min(os.cpu_count() or 1, MAX_DEFAULT_CODER_THREADS)
+    if not value.strip().isdigit() or not 1 <= int(value) <= 256:
+        raise ConfigError(f"HPCM_CODER_THREADS must be a whole number of threads from 1 to 256, got {value!r}")
+    return int(value)
 
 
 def cxx_compiler() -> Optional[str]:

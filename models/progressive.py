@@ -82,15 +82,22 @@ class StageClock(Protocol):
     """Where time goes: the schedule and the codec open a named section around each stage of their
     work (``s1``..``s3`` around a scale's steps, ``transition_s2``/``transition_s3`` around the moves
     between scales; the codec adds its own). Sections nest; a clock attributes each moment to the
-    innermost open one. ``hpcm.evaluation.timing.StageTimeline`` records them for ``hpcm bench``."""
+    innermost open one. Work of a stage that runs on another thread, beside the sections of the
+    calling one (the codec's overlapped entropy coding), is timed by ``overlapped`` and kept apart.
+    ``hpcm.evaluation.timing.StageTimeline`` records both for ``hpcm bench``."""
 
     def section(self, stage: str) -> ContextManager[None]: ...
+
+    def overlapped(self, stage: str) -> ContextManager[None]: ...
 
 
 class _NoClock:
     """The clock of an unmeasured run: its sections cost a ``nullcontext``."""
 
     def section(self, stage: str) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def overlapped(self, stage: str) -> ContextManager[None]:
         return contextlib.nullcontext()
 
 

@@ -1,8 +1,10 @@
-"""Throughput and size overhead of the rANS coder on one Kodak-sized step of symbols.
+"""Throughput and size overhead of the rANS coder on one step of symbols (by default Kodak-sized).
 
 Scales are log-normal around the range a trained HPCM uses, residuals are drawn from the GGM at
 those scales (plus a few large outliers to exercise the escape path), and the size is compared with
-the ideal -sum(log2 p) under the same quantized tables.
+the ideal -sum(log2 p) under the same quantized tables. The coder takes the scales as the codec
+gives them (buckets and the guard's screen in the same pass) and cuts the step into substreams as
+the codec does; ``--threads`` codes them in parallel.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import click
 import numpy as np
 import torch
 
+from hpcm.codec.guard import DEFAULT_EPSILON, ScreenWindows
+from hpcm.codec.rans import (CdfTables, Coder, ScaleBuckets, SubstreamReader, ideal_bits, native_library,
+                             pack_substreams, substream_offsets)
 from hpcm.models.cdf_tables import default_scale_table, quantized_cdf_tables, scale_indexes
-from hpcm.codec.rans import CdfTables, RansDecoder, RansEncoder, ideal_bits, native_library
 
 
-def synthetic_step(n: int, seed: int, beta: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """(residual symbols, table indexes) for n symbols with realistic scales."""
+def synthetic_step(n: int, seed: int, beta: float = 1.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(residual symbols as float32, table indexes, scales as float32) for n symbols with realistic scales."""
     rng = np.random.default_rng(seed)
     table = default_scale_table()
     scales = np.exp(rng.normal(np.log(0.6), 1.1, n)).clip(0.05, 80.0)
@@ -26,37 +30,42 @@ def synthetic_step(n: int, seed: int, beta: float = 1.5) -> tuple[np.ndarray, np
     values = np.round(np.where(rng.random(n) < 0.5, -1.0, 1.0) * magnitude * scales)
     outliers = rng.random(n) < 1e-4
     values[outliers] += rng.integers(-5000, 5000, outliers.sum())
-    idx = scale_indexes(torch.from_numpy(scales.astype(np.float32)), table).numpy()
-    return values.astype(np.int32), idx
+    scales = scales.astype(np.float32)
+    return values.astype(np.float32), scale_indexes(torch.from_numpy(scales), table).numpy(), scales
 
 
 @click.command()
 @click.option("--symbols", default=491_520, show_default=True, help="symbols per step (Kodak y: 320*32*48)")
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="threads coding the step's substreams")
 @click.option("--compare-constriction/--no-compare-constriction", default=True, show_default=True)
-def main(symbols: int, repeats: int, seed: int, compare_constriction: bool) -> None:
+def main(symbols: int, repeats: int, seed: int, threads: int, compare_constriction: bool) -> None:
     if native_library() is None:
-        click.echo("warning: native coder unavailable, timing the pure-Python fallback")
-    tables = CdfTables(*quantized_cdf_tables(default_scale_table()))
-    values, idx = synthetic_step(symbols, seed)
+        raise click.ClickException("the native coder is unavailable (the pure-Python coder codes from indexes only)")
+    table = default_scale_table()
+    tables, buckets = CdfTables(*quantized_cdf_tables(table)), ScaleBuckets(table)
+    windows = ScreenWindows(table, DEFAULT_EPSILON)
+    values, idx, scales = synthetic_step(symbols, seed)
+    coder, offsets = Coder(threads), substream_offsets(symbols)
     enc_times, dec_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        enc = RansEncoder(tables)
-        enc.encode(values, idx)
-        data = enc.flush()
+        coded = coder.encode(values, tables, offsets, scales=scales, buckets=buckets,
+                             windows=(windows.near_low, windows.near_high))
+        data = pack_substreams([coded])
         t1 = time.perf_counter()
-        dec = RansDecoder(data, tables)
-        out = dec.decode(idx)
-        dec.finish()
+        reader = SubstreamReader(data)
+        out = coder.decode(reader, reader.take(offsets.size - 1), offsets, tables, scales=scales, buckets=buckets)
+        reader.finish()
         t2 = time.perf_counter()
         enc_times.append(t1 - t0)
         dec_times.append(t2 - t1)
         assert np.array_equal(out, values)
     ideal = ideal_bits(values, idx, tables)
     enc_t, dec_t = min(enc_times), min(dec_times)
-    click.echo(f"symbols: {symbols}, escapes: {dec._escapes.size}")
+    click.echo(f"symbols: {symbols} in {offsets.size - 1} substreams, {threads} thread(s), "
+               f"escapes: {reader.escapes.size}, guard candidates: {coded.candidates.size}")
     click.echo(f"encode: {symbols / enc_t / 1e6:.1f} M symbols/s ({enc_t * 1e3:.2f} ms, best of {repeats})")
     click.echo(f"decode: {symbols / dec_t / 1e6:.1f} M symbols/s ({dec_t * 1e3:.2f} ms, best of {repeats})")
     click.echo(f"size: {len(data)} bytes, ideal {ideal / 8:.0f} bytes, "
@@ -74,7 +83,7 @@ def _bench_constriction(values: np.ndarray, idx: np.ndarray, tables: CdfTables, 
         click.echo("constriction not installed: comparison skipped")
         return
     tail = tables.length[idx] - 2
-    sym = values - tables.offset[idx]
+    sym = values.astype(np.int32) - tables.offset[idx]
     sym = np.where((sym < 0) | (sym >= tail), tail, sym).astype(np.int32)
     order = np.argsort(idx, kind="stable")
     bounds = np.searchsorted(idx[order], np.arange(tables.count + 1))

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
+import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpcm.codec import CodecParameters  # noqa: E402
 from hpcm.codec.bitstream import Header, pack, unpack  # noqa: E402
-from hpcm.codec.rans import RansEncoder  # noqa: E402
+from hpcm.codec.entropy import StreamEncoder  # noqa: E402
 from hpcm.models import build_model  # noqa: E402
 from tests.hostile import png_bomb, run_limited, write_image  # noqa: E402
 
@@ -51,11 +51,11 @@ def main(folder: Path) -> None:
          ["decode", huge, "-o", folder / "x.png"])
     model = build_model("phase2", seed=0).eval()
     model.update()
-    z = RansEncoder(CodecParameters.from_model(model).tables.z)
-    z.encode(np.zeros(256 * 32 * 32, np.int32), np.repeat(np.arange(256, dtype=np.int32), 32 * 32))
+    z = StreamEncoder(CodecParameters.from_model(model).tables.z)
+    z.add(torch.zeros(256 * 32 * 32), indexes=torch.arange(256).repeat_interleave(32 * 32))
     forged = folder / "forged.hpcm"
     forged.write_bytes(pack(Header(**{**header.__dict__, "height": 2048, "width": 2048, "pad_bottom": 0,
-                                      "pad_right": 0}), [z.flush(), streams[1], streams[2]]))
+                                      "pad_right": 0}), [z.finish(), streams[1], streams[2]]))
     case("decode a 2048x2048 claim with a forged valid all-zero z", ["decode", forged, "-o", folder / "x.png"],
          12 << 30)
     for device in ("/dev/zero", "/dev/urandom"):

@@ -165,3 +165,22 @@ def test_header_crc_covers_every_header_byte(encoded: bytes) -> None:
     head_len = len(encoded) - sum(len(s) for s in streams)
     (crc,) = struct.unpack("<I", encoded[head_len - 4: head_len])
     assert zlib.crc32(encoded[: head_len - 4]) == crc
+
+
+def test_format_versions(encoded: bytes) -> None:
+    """Streams are written in the current format; a header of every readable format parses as that
+    format (the codec picks the decoder by it), others are refused naming the readable ones."""
+    hdr, streams = unpack(encoded)
+    assert hdr.version == bitstream.FORMAT_VERSION
+    with pytest.raises(ValueError, match="format"):
+        pack(Header(**{**hdr.__dict__, "version": 2}), streams)
+    head_len = len(encoded) - sum(len(s) for s in streams)
+    for version in (*bitstream.READABLE_VERSIONS, 1, bitstream.FORMAT_VERSION + 1):
+        head = bytearray(encoded[:head_len - 4])
+        head[4] = version
+        data = bytes(head) + struct.pack("<I", zlib.crc32(bytes(head))) + encoded[head_len:]
+        if version in bitstream.READABLE_VERSIONS:
+            assert unpack(data)[0].version == version
+        else:
+            with pytest.raises(BitstreamError, match="version .*reads 2, 3"):
+                unpack(data)

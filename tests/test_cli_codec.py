@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hpcm.cli import main
+from hpcm.codec.bitstream import FORMAT_VERSION
 from hpcm.config import default_image_folder
 
 KODAK = default_image_folder()
@@ -69,6 +70,7 @@ def test_encode_decode_roundtrip(kodak_crop: Path, tmp_path: Path) -> None:
     assert psnr.search(enc.output).group(1) == psnr.search(dec.output).group(1) == f"{10 * np.log10(255**2 / mse):.2f}"
     info = json.loads(run("inspect", stream).output)
     assert (info["width"], info["height"]) == (200, 136) and info["variant"] == "phase2"
+    assert info["format_version"] == FORMAT_VERSION
     assert leftovers(tmp_path) == []
 
 

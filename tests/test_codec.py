@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from hpcm.codec import inspect
-from hpcm.codec.bitstream import unpack
-from hpcm.codec.rans import LANES
+from hpcm.codec.bitstream import FORMAT_VERSION, unpack
+from hpcm.codec.rans import LANES, SubstreamReader
 from hpcm.errors import EntropyTableError, ImageError
 from hpcm.models import build_model
 from hpcm.runtime.session import eager_codec
 
-# Per-stream cost the likelihoods do not see: the final rANS states and the word-count varint.
-STREAM_FIXED_BYTES = 2 * 2 * LANES + 3
+# Per-substream cost the likelihoods do not see: the final rANS states and its two counts (one byte
+# each at these sizes); and per stream its count of substreams.
+SUBSTREAM_FIXED_BYTES = 2 * 2 * LANES + 2
+TINY = "phase2+M=32+N=32"
 
 
 # One variant per structure and Bi-WKV mode (the block wiring does not reach the codec; test_models
@@ -56,7 +58,9 @@ def check_roundtrip(model: torch.nn.Module, x: torch.Tensor) -> None:
     _, streams = unpack(enc.data)
     estimate = sum(-torch.log2(l).sum().item() for l in out["likelihoods"].values()) / 8
     entropy_coded = streams[:2]  # z and y; the guard stream is side information the likelihoods do not see
-    coded = sum(len(s) for s in entropy_coded) - len(entropy_coded) * STREAM_FIXED_BYTES
+    substreams = sum(SubstreamReader(s).count for s in entropy_coded)
+    assert substreams == 1 + 11  # z; one per step of y at these sizes
+    coded = sum(len(s) - 1 for s in entropy_coded) - substreams * SUBSTREAM_FIXED_BYTES
     assert len(streams[2]) <= 64 + 0.01 * len(streams[1])
     # The estimate uses each symbol's own scale, the coder one of 60 bucketed tables and 16-bit CDFs.
     # Untrained models put most symbols where one costs hundredths of a bit and the bucketing shows:
@@ -81,6 +85,7 @@ def test_encoding_is_deterministic_and_records_geometry(models: dict) -> None:
     data = codec.compress(x).data
     assert data == codec.compress(x).data
     header = inspect(data)
+    assert header.version == FORMAT_VERSION
     assert (header.height, header.width) == (37, 50)
     assert (header.height + header.pad_bottom) % model.alignment == 0
     assert (header.width + header.pad_right) % model.alignment == 0
@@ -97,3 +102,19 @@ def test_bad_images_are_refused(models: dict) -> None:
 def test_model_without_tables_is_refused() -> None:
     with pytest.raises(EntropyTableError, match="update"):
         eager_codec(build_model("phase2", seed=0))
+
+
+@pytest.mark.parametrize("environment", [{"HPCM_CODER_THREADS": "3"}, {"HPCM_PURE_PYTHON_RANS": "1"}],
+                         ids=["3 coder threads", "pure-Python coder"])
+def test_streams_do_not_depend_on_the_coder(environment: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native coder on one thread and on three, and the pure-Python coder (whose buckets and guard
+    candidates are computed by the vectorised path a GPU takes), write and read the same bytes."""
+    codec = eager_codec(seeded(TINY))
+    x = smooth_image(72, 96, seed=6)
+    monkeypatch.setenv("HPCM_CODER_THREADS", "1")
+    reference = codec.compress(x)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    again = codec.compress(x)
+    assert again.data == reference.data
+    assert torch.equal(codec.decompress(reference.data).y_hat, reference.y_hat)

@@ -17,7 +17,7 @@ import torch
 
 from hpcm.codec import Codec, CodecParameters, bitstream
 from hpcm.codec.bitstream import Header, pack, unpack
-from hpcm.codec.rans import RansEncoder
+from hpcm.codec.entropy import StreamEncoder
 from hpcm.errors import HPCMError
 from hpcm.models import build_model
 from hpcm.models.checkpoint import save_checkpoint
@@ -118,12 +118,12 @@ def test_claim_at_the_limit_with_a_forged_valid_z_stream_stays_bounded(files: di
     """A forger codes an all-zero z for a 2048x2048 claim (the default limit): it passes every check that
     can run before the networks, whose memory the pixel limit bounds; the y stream then fails."""
     header, streams = unpack(files["stream"].read_bytes())
-    z = RansEncoder(CodecParameters.from_model(tiny_model).tables.z)
+    z = StreamEncoder(CodecParameters.from_model(tiny_model).tables.z)
     channels, side = tiny_model.N, 2048 // 64
-    z.encode(np.zeros(channels * side * side, np.int32), np.repeat(np.arange(channels, dtype=np.int32), side * side))
+    z.add(torch.zeros(channels * side * side), indexes=torch.arange(channels).repeat_interleave(side * side))
     forged = tmp_path / "forged.hpcm"
     forged.write_bytes(reseal(Header(**{**header.__dict__, "height": 2048, "width": 2048, "pad_bottom": 0,
-                                        "pad_right": 0}), [z.flush(), streams[1], streams[2]]))
+                                        "pad_right": 0}), [z.finish(), streams[1], streams[2]]))
     run = run_limited(["decode", forged, "-c", files["checkpoint"], "-o", tmp_path / "forged.png"],
                       env={"OMP_NUM_THREADS": "1"})
     run.clean_error(r"forged\.hpcm.*rANS")

@@ -205,7 +205,7 @@ def inspect_cmd(bitstream: Path) -> None:
     stream = read_file(bitstream)
     header = stream.header
     info = {
-        "variant": header.variant, "width": header.width, "height": header.height,
+        "format_version": header.version, "variant": header.variant, "width": header.width, "height": header.height,
         "pad_bottom": header.pad_bottom, "pad_right": header.pad_right,
         "weights_digest": header.weights_digest.hex(), "tables_digest": header.tables_digest.hex(),
         "backend_digest": header.backend_digest.hex(), "bytes": stream.size,
