@@ -6,9 +6,13 @@ on CPU (``VmHWM``: PyTorch, the model and the coding together; the resident size
 open is reported beside it), the CUDA caching allocator's peak on a GPU (memory that TensorRT
 allocates itself is not in it). In that process the codec codes a smooth synthetic image ``warmup``
 times untimed, then ``repeats`` times through a ``StageTimeline``: per call, the time of every stage
-(``timing.STAGES``), their sum and the wall time. Images are synthetic and weights seeded unless an
-export is given: network times do not depend on the weights, entropy-coding times do a little (the
-symbol statistics of untrained weights are not a trained model's).
+(``timing.STAGES``), their sum and the wall time, the work overlapped with them on other threads
+(the encoder's entropy coding beside the next step's networks), and the coder's throughput: the
+symbols of z and y over the entropy-coding time, on the calling thread and overlapped together
+(a slight underestimate, since the calling thread's last wait for the worker counts too). Images
+are synthetic; weights are seeded unless a checkpoint or an export is given: network times do not
+depend on the weights, entropy-coding times do (seeded weights code almost every symbol as 0; a
+checkpoint whose latents spread shows the coder's real work).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from hpcm.config import DEFAULT_VARIANT
+from hpcm.config import DEFAULT_VARIANT, coder_threads
 from hpcm.errors import ConfigError, HPCMError
 from hpcm.files import atomic_output, check_output
 from hpcm.models.variants import VariantSpec, get_variant
@@ -32,6 +36,7 @@ from hpcm.runtime.session import CodecRequest, check_backend, resolve
 from .timing import DECODE_STAGES, ENCODE_STAGES, StageTimeline, summary
 
 DIRECTIONS = {"encode": ENCODE_STAGES, "decode": DECODE_STAGES}
+CODING = "entropy_coding"
 
 
 class BenchError(HPCMError, RuntimeError):
@@ -41,7 +46,7 @@ class BenchError(HPCMError, RuntimeError):
 @dataclass(frozen=True)
 class BenchConfig:
     """One measured configuration; ``variant`` is a ``VariantSpec.to_dict()`` (None with ``export``);
-    ``seed``: of the untrained weights (None: the default seed)."""
+    ``checkpoint``: its weights (None: seeded); ``seed``: of the untrained weights (None: the default seed)."""
 
     name: str
     width: int
@@ -50,6 +55,7 @@ class BenchConfig:
     device: Optional[str] = None
     variant: Optional[dict] = None
     export: Optional[str] = None
+    checkpoint: Optional[str] = None
     warmup: int = 1
     repeats: int = 3
     seed: Optional[int] = None
@@ -92,7 +98,8 @@ def measure(config: BenchConfig) -> dict:
     from hpcm.runtime.session import open_codec
 
     variant = VariantSpec.from_dict(config.variant) if config.variant is not None else None
-    request = CodecRequest(export=config.export, variant=variant, backend=config.backend, seed=config.seed)
+    request = CodecRequest(checkpoint=None if config.checkpoint is None else Path(config.checkpoint),
+                           export=config.export, variant=variant, backend=config.backend, seed=config.seed)
     # seeded weights time as trained ones do (see the module's docstring): no notice
     source = resolve(request, need_model=config.backend == "eager", announce=False)
     image = smooth_image(config.height, config.width)
@@ -112,12 +119,14 @@ def measure(config: BenchConfig) -> dict:
         runs: dict[str, list[dict]] = {"encode": [], "decode": []}
         for i in range(config.warmup + config.repeats):
             with timeline.measure() as encoding:
-                data = codec.compress(image).data
+                encoded = codec.compress(image)
             with timeline.measure() as decoding:
-                codec.decompress(data)
+                codec.decompress(encoded.data)
             if i >= config.warmup:
                 runs["encode"].append(asdict(encoding))
                 runs["decode"].append(asdict(decoding))
+        data = encoded.data
+        symbols = encoded.y_hat.numel() + encoded.z_hat.numel()
         fingerprint = codec.fingerprint
         variant = codec.variant
     if cuda:
@@ -128,13 +137,17 @@ def measure(config: BenchConfig) -> dict:
                   "loaded_bytes": loaded}
     result = {"name": config.name, "variant": variant, "size": config.size, "width": config.width,
               "height": config.height, "backend": config.backend, "device": str(device), "fingerprint": fingerprint,
-              "threads": torch.get_num_threads(), "warmup": config.warmup, "bytes": len(data),
-              "bpp": 8 * len(data) / (config.width * config.height), "memory": memory}
+              "threads": torch.get_num_threads(), "coder_threads": coder_threads(), "warmup": config.warmup,
+              "weights": source.provenance.weights, "bytes": len(data),
+              "bpp": 8 * len(data) / (config.width * config.height), "symbols": symbols, "memory": memory}
     for direction, stages in DIRECTIONS.items():
         samples = runs[direction]
+        coding = [r["stages"].get(CODING, 0.0) + r["overlapped"].get(CODING, 0.0) for r in samples]
         result[direction] = {
             "wall": summary([r["wall"] for r in samples]),
             "stages": {s: summary([r["stages"].get(s, 0.0) for r in samples]) for s in stages},
+            "overlapped": {CODING: summary([r["overlapped"].get(CODING, 0.0) for r in samples])},
+            "coder_symbols_per_second": summary([symbols / t for t in coding if t > 0]),
             "runs": samples,
         }
     return result
@@ -213,6 +226,20 @@ def markdown(report: dict, compare: Optional[str] = None) -> str:
             dec = r["decode"]["stages"].get(stage, {}).get("median")
             cells.append(f"{_ms(enc)} \\| {_ms(dec)}")
         lines.append(f"| {r['name']} | {r['size']} | " + " | ".join(cells) + " |")
+    lines += ["", "Entropy coding, median ms (encode | decode): on the calling thread (the stage above), overlapped "
+              "with the networks on the coder's worker thread (not in the stages' sum), and the coder's "
+              "throughput over both:", "",
+              "| variant | size | weights | symbols | on the calling thread | overlapped | M symbols/s "
+              "| coder threads |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cells = []
+        for key in ("stages", "overlapped"):
+            cells.append(" \\| ".join(_ms(r[d][key].get(CODING, {}).get("median")) for d in DIRECTIONS))
+        rates = [r[d]["coder_symbols_per_second"]["median"] for d in DIRECTIONS]
+        cells.append(" \\| ".join("-" if v is None else f"{v / 1e6:.0f}" for v in rates))
+        lines.append(f"| {r['name']} | {r['size']} | {r['weights']} | {r['symbols']:,} | " + " | ".join(cells)
+                     + f" | {r['coder_threads']} |")
     return "\n".join(lines)
 
 
@@ -269,17 +296,25 @@ class BenchPlan:
 
 def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence[tuple[int, int]],
                backend: Optional[str] = None, device: Optional[str] = None, warmup: int = 1, repeats: int = 3,
-               compare: Optional[str] = None, ablate: Optional[str] = None) -> BenchPlan:
-    """Every variant (seeded; default ``DEFAULT_VARIANT``) or export folder at every size (width,
-    height) on ``backend``; with ``ablate`` (``ablation.ABLATIONS``) also each one-part change of the
-    first variant, compared with it unless ``compare`` names another."""
+               compare: Optional[str] = None, ablate: Optional[str] = None,
+               checkpoint: Optional[Path] = None) -> BenchPlan:
+    """Every variant (seeded; default ``DEFAULT_VARIANT``), the model of ``checkpoint`` or every export
+    folder at every size (width, height) on ``backend``; with ``ablate`` (``ablation.ABLATIONS``) also
+    each one-part change of the first variant, compared with it unless ``compare`` names another."""
     from .ablation import ablation_variants
 
-    if exports and (variants or ablate):
-        raise ConfigError("--export excludes --variant and --ablate: an export fixes its variant")
+    if exports and (variants or ablate or checkpoint):
+        raise ConfigError("--export excludes --variant, --checkpoint and --ablate: an export fixes its variant "
+                          "and weights")
+    if checkpoint is not None and (ablate or len(variants) > 1):
+        raise ConfigError("--checkpoint benches its own model: it excludes --ablate and more than one --variant")
     backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
     check_backend(backend, has_export=bool(exports))
-    specs = [get_variant(n) for n in (variants or [DEFAULT_VARIANT])] if not exports else []
+    if checkpoint is not None:
+        request = CodecRequest(checkpoint=checkpoint, variant=variants[0] if variants else None)
+        specs = [resolve(request, need_model=True, tables=False, announce=False).model.spec]
+    else:
+        specs = [get_variant(n) for n in (variants or [DEFAULT_VARIANT])] if not exports else []
     if ablate:
         base = variants[0] if variants else DEFAULT_VARIANT
         specs += [s for s in ablation_variants(base, ablate) if s.name not in {t.name for t in specs}]
@@ -288,6 +323,7 @@ def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence
     configurations = []
     for width, height in sizes:
         configurations += [BenchConfig(spec.name, width, height, backend, device, variant=spec.to_dict(),
+                                       checkpoint=None if checkpoint is None else str(checkpoint),
                                        warmup=warmup, repeats=repeats) for spec in specs]
         configurations += [BenchConfig(export.variant.name, width, height, backend, device, export=str(path),
                                        warmup=warmup, repeats=repeats) for path, export in folders.items()]

@@ -22,6 +22,7 @@ from hpcm.evaluation.bench import BenchConfig, markdown, run_configuration
 from hpcm.evaluation.flops import WKV_MACS_PER_ELEMENT, _wkv_flops, module_costs
 from hpcm.evaluation.timing import DECODE_STAGES, ENCODE_STAGES, OUTSIDE, StageTimeline
 from hpcm.models import build_model, get_variant
+from hpcm.models.checkpoint import save_checkpoint
 from hpcm.models.variants import CrossAttentionCellSpec, RWKVCellSpec
 from hpcm.plugins.biwkv.op import biwkv
 
@@ -69,6 +70,19 @@ def test_bench_stages_add_up_to_each_call(bench_runs: dict) -> None:
     assert result["encode"]["wall"]["n"] == 1 and result["bytes"] > 0
 
 
+def test_bench_reports_the_coder_overlapped_and_its_throughput(bench_runs: dict) -> None:
+    """The encoder's coding on the worker thread is reported beside the stages, not in them; the
+    coder's throughput counts the symbols of z and y (M = N = 32 at 128x128: 32*8*8 + 32*2*2)."""
+    result = bench_runs[128]
+    assert result["symbols"] == 32 * 8 * 8 + 32 * 2 * 2 and result["weights"] == "seeded, untrained (seed 0)"
+    for direction in ("encode", "decode"):
+        run = result[direction]["runs"][0]
+        assert set(run["overlapped"]) <= {"entropy_coding"}
+        assert result[direction]["coder_symbols_per_second"]["median"] > 0
+    assert result["encode"]["runs"][0]["overlapped"]["entropy_coding"] > 0
+    assert result["decode"]["runs"][0]["overlapped"] == {}  # the decoder cannot run ahead of its networks
+
+
 def test_bench_memory_is_positive_and_grows_with_the_image(bench_runs: dict) -> None:
     small, large = bench_runs[128]["memory"], bench_runs[256]["memory"]
     assert small["kind"] == "peak_rss" and 0 < small["loaded_bytes"] <= small["peak_bytes"]
@@ -79,6 +93,22 @@ def test_bench_report_has_ratio_columns(bench_runs: dict) -> None:
     costs = {TINY: {"total_parameters": 1e6, "total_macs_per_pixel": 2e3}}
     table = markdown({"results": list(bench_runs.values()), "costs": costs}, compare=TINY)
     assert f"| encode / {TINY} |" in table and "| 1.00 | 1.00 | 1.00 | 1.00 |" in table
+    assert "| seeded, untrained (seed 0) | 2,176 |" in table  # the coding table: weights and symbols
+
+
+def test_bench_takes_a_checkpoint(tmp_path: Path) -> None:
+    """``hpcm bench -c`` benches the checkpoint's model (its variant, its weights)."""
+    model = build_model(TINY, seed=3).eval()
+    model.update()
+    checkpoint = save_checkpoint(model, tmp_path / "tiny.pth")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "-c", str(checkpoint), "--size", "128x128", "--repeats", "1",
+                                       "--warmup", "0", "--no-macs", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["variant"], row["weights"]) == (TINY, f"checkpoint {checkpoint}")
+    refused = CliRunner().invoke(main, ["bench", "-c", str(checkpoint), "--ablate", "cells", "-o", str(out)])
+    assert refused.exit_code != 0 and "--checkpoint" in refused.output
 
 
 def test_wkv_flop_formula_is_used_by_the_counter() -> None:

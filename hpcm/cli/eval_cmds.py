@@ -8,7 +8,8 @@ from typing import Optional
 
 import click
 
-from .options import backend_option, device_option, split_list, variant_option, workers_options
+from .options import (backend_option, checkpoint_option, device_option, split_list, variant_option,
+                      workers_options)
 
 CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
 
@@ -125,6 +126,7 @@ def _parse_size(text: str) -> tuple[int, int]:
                    "(comma-separated or repeated; default phase2 unless --export)")
 @click.option("--export", "exports", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="bench export folders instead (for --backend onnxruntime/tensorrt; repeat the option)")
+@checkpoint_option
 @click.option("--size", "sizes", multiple=True, default=("768x512",), show_default=True,
               help="image sizes WIDTHxHEIGHT (comma-separated or repeated)")
 @backend_option
@@ -142,22 +144,23 @@ def _parse_size(text: str) -> tuple[int, int]:
               help="count parameters and MACs per pixel per module (one counted forward per variant)")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON report; OUT.md (Markdown tables) and OUT.png (time per stage) are written beside it")
-def bench(variants: tuple[str, ...], exports: tuple[Path, ...], sizes: tuple[str, ...], backend: Optional[str],
-          device: Optional[str], repeats: int, warmup: int, compare: Optional[str], ablate: Optional[str],
-          macs: bool, output: Path) -> None:
+def bench(variants: tuple[str, ...], exports: tuple[Path, ...], checkpoint: Optional[Path], sizes: tuple[str, ...],
+          backend: Optional[str], device: Optional[str], repeats: int, warmup: int, compare: Optional[str],
+          ablate: Optional[str], macs: bool, output: Path) -> None:
     """Encoding and decoding latency per stage (analysis, hyper, s1/s2/s3 steps, transitions, entropy
     coding, synthesis), peak memory, parameters and MACs per pixel, for each variant (or export) x
     size, each in a fresh process.
 
     \b
-    Seeded weights and a synthetic image unless --export: latency and memory need no trained weights,
-    R-D does (`hpcm eval -c`). CPU memory is the process's peak RSS (PyTorch included), GPU memory the
+    Seeded weights and a synthetic image unless --checkpoint or --export: latency and memory need no
+    trained weights, R-D does (`hpcm eval -c`); entropy-coding time depends on the weights (seeded
+    ones code almost every symbol as 0). CPU memory is the process's peak RSS (PyTorch included), GPU memory the
     CUDA allocator's peak; GPU times are CUDA events."""
     from hpcm.evaluation.bench import BenchFiles, bench_plan, run_bench
 
     files = BenchFiles.checked(output)
     plan = bench_plan(split_list(variants), exports, [_parse_size(s) for s in split_list(sizes)], backend, device,
-                      warmup=warmup, repeats=repeats, compare=compare, ablate=ablate)
+                      warmup=warmup, repeats=repeats, compare=compare, ablate=ablate, checkpoint=checkpoint)
     click.echo(run_bench(plan, files, macs=macs))
     click.echo(f"wrote {files.json}, {files.markdown}, {files.figure}")
 
