@@ -1,9 +1,11 @@
-"""The golden bitstreams of tests/golden/: how they are made, and the command that remakes them
-(run it only when the bitstream format changes on purpose, after bumping its version):
+"""The golden bitstreams of tests/golden/: how they are made, and the command that makes them for the
+current format (run it only when the bitstream format changes on purpose, after bumping its version):
 
     python -m tests.golden_streams
 
-For each case: a small 8-bit input image, its .hpcm stream from the golden model of the variant, the
+Each format the decoder reads has its folder, ``tests/golden/v<N>/``. This script writes the current
+format's; the folders of earlier formats stay as their encoder wrote them (no encoder writes those
+formats any more), so the decoder is held to every format it reads. In each folder, for each case: a small 8-bit input image, its .hpcm stream from the golden model of the variant, the
 image that stream decodes to, and ``<stem>.npz`` with what the encoder decided (z symbols, every
 step's y symbols and the scale buckets it coded them with) and the entropy tables it coded with; in
 golden.json the SHA-256 of the stream. The golden model is the seeded untrained model with the last
@@ -11,7 +13,8 @@ layers of g_a and h_s scaled by ``GAIN``: untrained, y rounds to zero everywhere
 at the lower bound, which would leave the y coder and the boundary guard untested; scaled, y holds
 real symbols and some scales fall near bucket boundaries.
 
-``tests/test_golden.py`` checks, on any machine: that the stream codes exactly the recorded decisions
+``tests/test_golden.py`` checks, on any machine and for every format: that the stream codes exactly the
+recorded decisions
 with the recorded tables (rANS and container, both ways: nothing there depends on float math), that
 the golden model computes those tables, that guarded streams decode with the golden model to the
 recorded image, and that this machine's encoder makes the recorded decisions wherever float32 noise
@@ -60,8 +63,13 @@ def golden_model(variant: str) -> torch.nn.Module:
     return model
 
 
-def _guard_positions(data: bytes) -> int:
-    values = GuardReader(bitstream.unpack(data)[1][2]).values
+def format_folder(version: int) -> Path:
+    """Where the golden streams of bitstream format ``version`` are."""
+    return GOLDEN / f"v{version}"
+
+
+def _guard_positions(data: bytes, table: torch.Tensor) -> int:
+    values = GuardReader(bitstream.unpack(data)[1][2], table).values
     listed, cursor = 0, 0
     while cursor < values.size:  # per step: a count, then that many gaps
         listed += int(values[cursor])
@@ -76,37 +84,38 @@ def encoder_decisions(codec, x: torch.Tensor) -> dict[str, np.ndarray]:
     decisions = {"z": z}
     for step, (q, (scales, _)) in enumerate(zip(symbols, codec.entropy_parameters(z_hat, symbols))):
         decisions[f"y{step}"] = q.to(torch.int32).cpu().numpy()
-        decisions[f"index{step}"] = scale_indexes(scales, codec.scale_table).cpu().numpy()
+        decisions[f"index{step}"] = scale_indexes(scales, codec.parameters.tables.scale_table).cpu().numpy()
     return decisions
 
 
 def main() -> None:
-    GOLDEN.mkdir(parents=True, exist_ok=True)
+    folder = format_folder(bitstream.FORMAT_VERSION)
+    folder.mkdir(parents=True, exist_ok=True)
     cases = []
     for index, (stem, variant, side, epsilon) in enumerate(CASES):
         model = golden_model(variant)
         codec = eager_codec(model)
-        image_path = GOLDEN / f"{stem}.png"
+        image_path = folder / f"{stem}.png"
         # The first synthetic image whose stream exercises what the case says (guard positions or none).
         for image_seed in range(100 * index, 100 * index + 50):
             (_, x), = synthetic_images(1, side, seed=image_seed)
             Image.fromarray(to_uint8(x)).save(image_path)
             data = codec.compress(load_image(image_path), guard_epsilon=epsilon).data
-            listed = _guard_positions(data)
+            listed = _guard_positions(data, codec.parameters.tables.scale_table)
             if (listed > 0) == (epsilon > 0):
                 break
         else:
             raise SystemExit(f"{stem}: no image of the first 50 gives a stream that tests what the case says")
-        (GOLDEN / f"{stem}.hpcm").write_bytes(data)
-        Image.fromarray(to_uint8(codec.decompress(data).x_hat)).save(GOLDEN / f"{stem}.decoded.png")
+        (folder / f"{stem}.hpcm").write_bytes(data)
+        Image.fromarray(to_uint8(codec.decompress(data).x_hat)).save(folder / f"{stem}.decoded.png")
         tables = EntropyTables.from_model(model).numpy()
-        np.savez_compressed(GOLDEN / f"{stem}.npz", **encoder_decisions(codec, load_image(image_path)), **tables)
+        np.savez_compressed(folder / f"{stem}.npz", **encoder_decisions(codec, load_image(image_path)), **tables)
         cases.append({"stream": f"{stem}.hpcm", "image": image_path.name, "decoded": f"{stem}.decoded.png",
                       "decisions": f"{stem}.npz", "variant": variant, "seed": SEED, "gain": GAIN,
                       "guard_epsilon": epsilon, "guard_positions": listed, "bytes": len(data),
                       "stream_sha256": hashlib.sha256(data).hexdigest()})
         print(f"{stem}: {len(data)} bytes, {listed} guard positions")
-    (GOLDEN / "golden.json").write_text(json.dumps({"format_version": bitstream.FORMAT_VERSION, "cases": cases},
+    (folder / "golden.json").write_text(json.dumps({"format_version": bitstream.FORMAT_VERSION, "cases": cases},
                                                    indent=2) + "\n")
 
 

@@ -14,8 +14,6 @@ from hpcm.codec.guard import ScreenWindows
 from hpcm.codec.rans import (
     LANES,
     MAX_ABS_VALUE,
-    PROB_BITS,
-    STATE_LOW,
     SUBSTREAM_SYMBOLS,
     CdfTables,
     Coder,
@@ -30,6 +28,8 @@ from hpcm.codec.rans import (
 )
 from hpcm.errors import BitstreamError
 from hpcm.models.cdf_tables import default_scale_table, quantized_cdf_tables, scale_indexes
+
+from .format2 import format2_stream
 
 
 @pytest.fixture(scope="module")
@@ -222,34 +222,6 @@ def test_invalid_input_is_refused(tables: CdfTables, monkeypatch: pytest.MonkeyP
 
 
 # ---------------------------------------------------------------------- format 2 (decoded only)
-def format2_stream(values: np.ndarray, indexes: np.ndarray, t: CdfTables) -> bytes:
-    """A format-2 rANS stream as its encoder wrote it: one 4-lane stream for all symbols, then the
-    escaped values (the encoder left the code; the decoder stays for the streams it wrote)."""
-    states, words, escapes = [STATE_LOW] * LANES, [], []
-    for i in range(values.size - 1, -1, -1):
-        idx, value = int(indexes[i]), int(values[i])
-        tail, s = int(t.length[idx]) - 2, value - int(t.offset[idx])
-        if s < 0 or s >= tail:
-            escapes.append(value)
-            s = tail
-        start = int(t.cdf[idx, s])
-        freq = int(t.cdf[idx, s + 1]) - start
-        x = states[i % LANES]
-        if x >= freq << 16:
-            words.append(x & 0xFFFF)
-            x >>= 16
-        states[i % LANES] = ((x // freq) << PROB_BITS) + (x % freq) + start
-    for lane in range(LANES - 1, -1, -1):
-        words += [states[lane] & 0xFFFF, states[lane] >> 16]
-    count, n = bytearray(), len(words)  # the word count as an unsigned LEB128 varint
-    while n >= 0x80:
-        count.append(n & 0x7F | 0x80)
-        n >>= 7
-    count.append(n)
-    words = np.array(words[::-1], dtype="<u2").tobytes()
-    return bytes(count) + words + encode_escapes(np.array(escapes[::-1], np.int32))
-
-
 @pytest.mark.parametrize("pure_python", ["0", "1"])
 def test_format2_streams_decode(tables: CdfTables, pure_python: str, monkeypatch: pytest.MonkeyPatch) -> None:
     values, idx, _ = realistic(3000, 6, outliers=0.01)
