@@ -538,6 +538,7 @@ class RansDecoder:
         self._states = np.ascontiguousarray((w[0::2] << 16) | w[1::2], dtype=np.uint32)
         if (self._states < STATE_LOW).any():
             raise BitstreamError("rANS stream has an invalid initial state")
+        self._lib = native_library()
         self._pos = ctypes.c_int64(2 * LANES)
         self._coded = ctypes.c_int64(0)
         self._esc = ctypes.c_int64(0)
@@ -548,7 +549,7 @@ class RansDecoder:
         t = self.tables
         t.check_indexes(idx)
         out = np.empty(idx.size, dtype=np.int32)
-        lib = native_library()
+        lib = self._lib
         if lib is None:
             self._python_decode(idx, out)
             return out
