@@ -36,17 +36,21 @@ from hpcm.log import LOG
 from hpcm.models.cdf_tables import scale_indexes
 from hpcm.native import build_shared_library, library_path as library_file_path
 
-LANES = 4
+LANES = 4  # format 2: interleaved states in its one stream
 PROB_BITS = 16
 STATE_LOW = 1 << 16
 LUT_BITS = 12
 # Residual symbols are int32 in the coder; the codec clamps values to this magnitude so that
 # value - offset can never overflow.
 MAX_ABS_VALUE = 1 << 30
-# Format 3: a step codes one substream per this many symbols (at least one). Each substream costs its
-# final states and its two counts (about 19 bytes); 2^17 gives two or more at the 1920x1080 s3 steps
-# (345,600 symbols) and keeps that cost near 300 bytes per 1080p image.
+# Format 3: a step of n symbols is cut into STEP_SUBSTREAMS * max(1, n // SUBSTREAM_SYMBOLS)
+# substreams of one rANS state each. Four per step let one thread interleave four independent states
+# (the coder's speed on one thread) or several threads share a step; each costs its final state and
+# two counts (about 7 bytes), so an image of 11 steps pays about 300 bytes at 768x512 and 1920x1080
+# (where an s3 step of 345,600 symbols has eight).
+STEP_SUBSTREAMS = 4
 SUBSTREAM_SYMBOLS = 1 << 17
+STATE_WORDS = 2  # a substream's final state, high word first
 
 SOURCE = Path(__file__).with_name("rans_core.cpp")
 
@@ -239,9 +243,9 @@ def decode_escapes(data: bytes) -> np.ndarray:
 
 def substream_offsets(count: int) -> np.ndarray:
     """Where a step of ``count`` symbols is cut into substreams (part j: symbols offsets[j] to
-    offsets[j + 1]): one substream per ``SUBSTREAM_SYMBOLS`` symbols, at least one. A function of the
-    count alone, so the encoder and every decoder cut alike whatever their thread count."""
-    parts = max(1, count // SUBSTREAM_SYMBOLS)
+    offsets[j + 1]): ``STEP_SUBSTREAMS`` per ``SUBSTREAM_SYMBOLS`` symbols, at least that many. A
+    function of the count alone, so the encoder and every decoder cut alike whatever their thread count."""
+    parts = STEP_SUBSTREAMS * max(1, count // SUBSTREAM_SYMBOLS)
     return (np.arange(parts + 1, dtype=np.int64) * count) // parts
 
 
@@ -268,8 +272,8 @@ class ScaleBuckets:
 
 
 def _python_encode_part(values: np.ndarray, indexes: np.ndarray, t: CdfTables) -> tuple[np.ndarray, np.ndarray]:
-    """One substream's words and escaped values (the pure-Python form of ``encode_part``, rans_core.cpp)."""
-    states = [STATE_LOW] * LANES
+    """One substream's words and escaped values (the pure-Python form of ``encode_lanes``, rans_core.cpp)."""
+    x = STATE_LOW
     backwards: list[int] = []  # words in reverse stream order
     escapes: list[int] = []
     for j in range(values.size - 1, -1, -1):
@@ -282,30 +286,26 @@ def _python_encode_part(values: np.ndarray, indexes: np.ndarray, t: CdfTables) -
             s = tail
         start = int(t.cdf[idx, s])
         freq = int(t.cdf[idx, s + 1]) - start
-        x = states[j % LANES]
         if x >= freq << 16:
             backwards.append(x & 0xFFFF)
             x >>= 16
-        states[j % LANES] = ((x // freq) << PROB_BITS) + (x % freq) + start
-    for lane in range(LANES - 1, -1, -1):
-        backwards.append(states[lane] & 0xFFFF)
-        backwards.append(states[lane] >> 16)
+        x = ((x // freq) << PROB_BITS) + (x % freq) + start
+    backwards += [x & 0xFFFF, x >> 16]
     return np.array(backwards[::-1], dtype=np.uint16), np.array(escapes[::-1], dtype=np.int32)
 
 
 def _python_decode_part(words: np.ndarray, escapes: np.ndarray, indexes: np.ndarray, t: CdfTables,
                         out: np.ndarray) -> None:
-    """Decodes one substream into ``out`` (the pure-Python form of ``decode_part`` in rans_core.cpp)."""
-    if words.size < 2 * LANES:
+    """Decodes one substream into ``out`` (the pure-Python form of ``decode_lanes`` in rans_core.cpp)."""
+    if words.size < STATE_WORDS:
         raise BitstreamError(_DECODE_ERRORS[-6])
-    states = [(int(words[2 * lane]) << 16) | int(words[2 * lane + 1]) for lane in range(LANES)]
-    if min(states) < STATE_LOW:
+    x = (int(words[0]) << 16) | int(words[1])
+    if x < STATE_LOW:
         raise BitstreamError(_DECODE_ERRORS[-6])
-    pos, esc = 2 * LANES, 0
+    pos, esc = STATE_WORDS, 0
     for j in range(indexes.size):
         row = int(indexes[j])
         cdf = t.cdf[row]
-        x = states[j % LANES]
         slot = x & 0xFFFF
         s = int(np.searchsorted(cdf[: t.length[row]], slot, side="right")) - 1
         start = int(cdf[s])
@@ -315,7 +315,6 @@ def _python_decode_part(words: np.ndarray, escapes: np.ndarray, indexes: np.ndar
                 raise BitstreamError(_DECODE_ERRORS[-1])
             x = (x << 16) | int(words[pos])
             pos += 1
-        states[j % LANES] = x
         if s == int(t.length[row]) - 2:
             if esc >= escapes.size:
                 raise BitstreamError(_DECODE_ERRORS[-3])
@@ -323,7 +322,7 @@ def _python_decode_part(words: np.ndarray, escapes: np.ndarray, indexes: np.ndar
             esc += 1
         else:
             out[j] = s + int(t.offset[row])
-    if pos != words.size or esc != escapes.size or any(x != STATE_LOW for x in states):
+    if pos != words.size or esc != escapes.size or x != STATE_LOW:
         raise BitstreamError(_DECODE_ERRORS[-5])
 
 
@@ -388,7 +387,7 @@ class Coder:
                 raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE}")
             coded = [_python_encode_part(values[a:b], indexes[a:b], tables) for a, b in zip(offsets[:-1], offsets[1:])]
             return CodedStep([w for w, _ in coded], [e for _, e in coded], np.zeros(0, dtype=np.int64))
-        region = np.concatenate([[0], np.cumsum(np.diff(offsets) + 2 * LANES)]).astype(np.int64)
+        region = np.concatenate([[0], np.cumsum(np.diff(offsets) + STATE_WORDS)]).astype(np.int64)
         out = np.empty(int(region[-1]), dtype=np.uint16)
         first = np.empty(parts, dtype=np.int64)
         esc = np.empty(n, dtype=np.int32)

@@ -1,20 +1,22 @@
-// Interleaved rANS over 16-bit quantized CDF tables, driven by a table index per symbol, and the work
-// around it for one coding step: scale buckets, the boundary guard's candidate screen, and independent
+// rANS over 16-bit quantized CDF tables, driven by a table index per symbol, and the work around it
+// for one coding step: scale buckets, the boundary guard's candidate screen, and independent
 // substreams coded or decoded in parallel by a thread pool.
 //
 // Substreams (bitstream format 3; the pure-Python coder in rans.py writes and reads the same words):
 //   * a step's symbols are cut into contiguous ranges (the offsets come from rans.py), each coded into
-//     its own substream, so substreams code and decode in any order on any number of threads: the
-//     thread count never changes a word.
-//   * kLanes = 4 interleaved 32-bit states per substream; symbol j of a substream uses state j % 4.
+//     its own substream with one 32-bit state, so substreams code and decode in any order on any
+//     number of threads: the thread count never changes a word. A thread codes up to kInterleave
+//     substreams in one loop, so that their independent states keep the CPU busy while each waits
+//     for its table lookups.
 //   * state interval [2^16, 2^32), 16-bit renormalisation words, 16-bit probabilities.
-//   * a substream is a sequence of uint16 words: the final encoder states (lane 0 first, high word
-//     first), then the renormalisation words in decoding order.
+//   * a substream is a sequence of uint16 words: the final encoder state (high word first), then the
+//     renormalisation words in decoding order.
 //   * a value outside its table's range is coded as the table's tail symbol (cdf_length - 2) and goes,
 //     in coding order, to the substream's list of escaped values (stored by rans.py).
-//   * the encoder starts every lane at 2^16, so a decoder that used exactly the substream's words and
-//     escaped values and ends with every lane at 2^16 has proof that it read the substream consistently.
-// Format 2 streams (decoded only, hpcm_rans_decode) are one such substream for all symbols of an image.
+//   * the encoder starts at 2^16, so a decoder that used exactly the substream's words and escaped
+//     values and ends at 2^16 has proof that it read the substream consistently.
+// Format 2 streams (decoded only, hpcm_rans_decode): one stream for all symbols of an image with four
+// interleaved states, symbol i using state i % 4, their final states first (state 0 first).
 //
 // Scale buckets: the index of a scale is the number of bounds (the scale table without its last entry)
 // strictly below it, NaN and non-positive scales 0, as hpcm.models.cdf_tables.scale_indexes computes
@@ -44,7 +46,7 @@ constexpr uint32_t kProbBits = 16;
 constexpr uint32_t kLow = 1u << 16;
 constexpr uint32_t kLutBits = 12;
 constexpr uint32_t kLutShift = kProbBits - kLutBits;
-constexpr int kLanes = 4;
+constexpr int kInterleave = 4;  // substreams one thread codes in one loop
 constexpr int kBucketShift = 17;  // float bits >> 17: sign, exponent and 6 mantissa bits (cells 1.1 % wide)
 constexpr int32_t kMaxAbsValue = 1 << 30;
 
@@ -204,160 +206,200 @@ int rows_of(const int32_t* __restrict indexes, const float* __restrict scales, c
     return 0;
 }
 
-// Codes symbols [begin, end) into region[0, cap) (cap >= end - begin + 2 * kLanes) from its end
-// backwards; *first = its first word. Escaped values go to esc[0..*n_esc), candidates of the guard
-// screen to cand[0..*n_cand), both in increasing position.
-int encode_part(const float* __restrict values, const int32_t* indexes, const float* scales, const Buckets& bk,
-                int64_t begin, int64_t end, const Tables& t, uint16_t* __restrict region, int64_t cap,
-                int64_t* first, int32_t* __restrict esc, int64_t* n_esc, int64_t* cand, int64_t* n_cand) {
+// One substream being coded: its symbols [begin, begin + length), its state, where its words go.
+struct Lane {
+    int64_t begin = 0;
+    int64_t length = 0;
+    uint32_t x = kLow;
+    uint16_t* words = nullptr;  // encoding: its region, written from the end; decoding: its words
+    int64_t pos = 0;            // encoding: first word written; decoding: next word to read
+    int64_t n_words = 0;        // decoding: how many words it has
+    int32_t* esc = nullptr;     // encoding: its escaped values (reversed at the end); decoding: to use
+    int64_t n_esc = 0;          // encoding: how many; decoding: how many it has
+    int64_t used_esc = 0;       // decoding
+    int64_t* cand = nullptr;    // encoding: the guard screen's candidates, kBlock apart per block
+    std::vector<int64_t> block_cand;
+    int32_t rows[kBlock];
+};
+
+// Codes K substreams interleaved, from their ends backwards.
+template <int K>
+int encode_lanes(Lane* lanes, const float* __restrict values, const int32_t* indexes, const float* scales,
+                 const Buckets& bk, const Tables& t) {
     const int32_t* __restrict cdf = t.cdf;
     const int32_t* __restrict length = t.length;
     const int32_t* __restrict offset = t.offset;
     const int64_t stride = t.stride;
     const float limit = static_cast<float>(kMaxAbsValue);
-    uint32_t x[kLanes] = {kLow, kLow, kLow, kLow};
-    int64_t pos = cap;
-    int64_t ne = 0;
     bool bad_value = false;
-    int32_t rows[kBlock];
-    std::vector<int64_t> block_cand;  // per block (from the last): where its candidates start, how many
-    auto code = [&](uint32_t& st, int32_t idx, int64_t i) {
-        const float v = values[i];
-        const bool ok = v >= -limit && v <= limit;  // false for NaN
-        bad_value |= !ok;
-        const int32_t value = static_cast<int32_t>(ok ? v : 0.0f);
-        const int32_t* c = cdf + idx * stride;
-        const int32_t tail = length[idx] - 2;
-        int32_t s = value - offset[idx];
-        if (static_cast<uint32_t>(s) >= static_cast<uint32_t>(tail)) {
-            esc[ne++] = value;
-            s = tail;
-        }
-        const uint32_t start = static_cast<uint32_t>(c[s]);
-        const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
-        const bool renorm = st >= (freq << 16);
-        region[pos - 1] = static_cast<uint16_t>(st & 0xffffu);  // kept only when renorm; pos > 0 by cap
-        pos -= renorm;
-        const uint32_t y = renorm ? st >> 16 : st;
-        st = ((y / freq) << kProbBits) + (y % freq) + start;
-    };
-    const int64_t blocks = (end - begin + kBlock - 1) / kBlock;
-    for (int64_t k = blocks - 1; k >= 0; --k) {
-        const int64_t b0 = begin + k * kBlock;
-        const int64_t b1 = std::min(end, b0 + kBlock);
-        int64_t nc = 0;
-        const int rc = rows_of(indexes, scales, bk, t.count, b0, b1, rows, cand + (b0 - begin), &nc);
-        if (rc != 0) return rc;
-        block_cand.push_back(nc);
-        int64_t i = b1 - 1;
-        for (; i >= b0 && ((i - begin) & 3) != 3; --i) {  // the block's last, incomplete group
-            switch ((i - begin) & 3) {
-                case 0: code(x[0], rows[i - b0], i); break;
-                case 1: code(x[1], rows[i - b0], i); break;
-                default: code(x[2], rows[i - b0], i); break;
+    int64_t longest = 0;
+    for (int k = 0; k < K; ++k) longest = std::max(longest, lanes[k].length);
+    const int64_t blocks = (longest + kBlock - 1) / kBlock;
+    for (int64_t blk = blocks - 1; blk >= 0; --blk) {
+        const int64_t o0 = blk * kBlock;
+        const int64_t o1 = std::min(longest, o0 + kBlock);
+        for (int k = 0; k < K; ++k) {
+            Lane& lane = lanes[k];
+            const int64_t e = std::min(o1, lane.length);
+            int64_t nc = 0;
+            if (e > o0) {
+                const int rc = rows_of(indexes, scales, bk, t.count, lane.begin + o0, lane.begin + e, lane.rows,
+                                       lane.cand + o0, &nc);
+                if (rc != 0) return rc;
             }
+            lane.block_cand.push_back(nc);
         }
-        for (; i >= b0; i -= 4) {
-            code(x[3], rows[i - b0], i);
-            code(x[2], rows[i - 1 - b0], i - 1);
-            code(x[1], rows[i - 2 - b0], i - 2);
-            code(x[0], rows[i - 3 - b0], i - 3);
+        for (int64_t o = o1 - 1; o >= o0; --o) {
+#pragma GCC unroll 4
+            for (int k = 0; k < K; ++k) {
+                Lane& lane = lanes[k];
+                if (o >= lane.length) continue;
+                const int64_t i = lane.begin + o;
+                const int32_t idx = lane.rows[o - o0];
+                const float v = values[i];
+                const bool ok = v >= -limit && v <= limit;  // false for NaN
+                bad_value |= !ok;
+                const int32_t value = static_cast<int32_t>(ok ? v : 0.0f);
+                const int32_t* c = cdf + idx * stride;
+                const int32_t tail = length[idx] - 2;
+                int32_t s = value - offset[idx];
+                if (static_cast<uint32_t>(s) >= static_cast<uint32_t>(tail)) {
+                    lane.esc[lane.n_esc++] = value;
+                    s = tail;
+                }
+                const uint32_t start = static_cast<uint32_t>(c[s]);
+                const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
+                const uint32_t st = lane.x;
+                const bool renorm = st >= (freq << 16);
+                lane.words[lane.pos - 1] = static_cast<uint16_t>(st & 0xffffu);  // kept only on renorm
+                lane.pos -= renorm;
+                const uint32_t y = renorm ? st >> 16 : st;
+                lane.x = ((y / freq) << kProbBits) + (y % freq) + start;
+            }
         }
     }
     if (bad_value) return kBadValue;
-    for (int l = kLanes - 1; l >= 0; --l) {
-        region[--pos] = static_cast<uint16_t>(x[l] & 0xffffu);
-        region[--pos] = static_cast<uint16_t>(x[l] >> 16);
+    for (int k = 0; k < K; ++k) {
+        Lane& lane = lanes[k];
+        lane.words[--lane.pos] = static_cast<uint16_t>(lane.x & 0xffffu);
+        lane.words[--lane.pos] = static_cast<uint16_t>(lane.x >> 16);
+        std::reverse(lane.esc, lane.esc + lane.n_esc);
+        // block b's candidates lie at cand[b * kBlock ...] (recorded from the last block): move them together
+        int64_t nc = 0;
+        const int64_t nb = static_cast<int64_t>(lane.block_cand.size());
+        for (int64_t blk = 0; blk < nb; ++blk) {
+            const int64_t count = lane.block_cand[nb - 1 - blk];
+            std::memmove(lane.cand + nc, lane.cand + blk * kBlock, static_cast<size_t>(count) * sizeof(int64_t));
+            nc += count;
+        }
+        lane.block_cand.assign(1, nc);
     }
-    std::reverse(esc, esc + ne);
-    // candidates: block k's lie at cand[k * kBlock ...]; move them together in increasing order
-    int64_t nc = 0;
-    for (int64_t k = 0; k < blocks; ++k) {
-        const int64_t count = block_cand[blocks - 1 - k];
-        std::memmove(cand + nc, cand + k * kBlock, static_cast<size_t>(count) * sizeof(int64_t));
-        nc += count;
-    }
-    *first = pos;
-    *n_esc = ne;
-    *n_cand = nc;
     return 0;
 }
 
-int decode_part(const uint16_t* __restrict in, int64_t n_words, const int32_t* __restrict esc, int64_t n_esc,
-                const int32_t* indexes, const float* scales, const Buckets& bk, int64_t begin, int64_t end,
-                const int64_t* ov_pos, const int32_t* ov_val, int64_t n_ov, const Tables& t,
-                const uint16_t* __restrict lut, float* __restrict out) {
-    if (n_words < 2 * kLanes) return kBadState;
-    uint32_t x[kLanes];
-    for (int l = 0; l < kLanes; ++l) {
-        x[l] = (static_cast<uint32_t>(in[2 * l]) << 16) | in[2 * l + 1];
-        if (x[l] < kLow) return kBadState;
-    }
+// Decodes K substreams interleaved. Reads past a substream's end are clamped to its last word and
+// found by the checks after the loop.
+template <int K>
+int decode_lanes(Lane* lanes, const int32_t* indexes, const float* scales, const Buckets& bk,
+                 const int64_t* ov_pos, const int32_t* ov_val, int64_t n_ov, const Tables& t,
+                 const uint16_t* __restrict lut, float* __restrict out) {
     const int32_t* __restrict cdf = t.cdf;
     const int32_t* __restrict length = t.length;
     const int32_t* __restrict offset = t.offset;
     const int64_t stride = t.stride;
-    const int64_t last = n_words - 1;
-    int64_t pos = 2 * kLanes;
-    int64_t e = 0;
-    int64_t ov = 0;
-    int32_t rows[kBlock];
-    int64_t unused = 0;
-    // Reads past the end are clamped to the last word and found by the checks after the loop.
-    auto decode = [&](uint32_t& st, int32_t idx, int64_t i) {
-        const int32_t* c = cdf + idx * stride;
-        const uint32_t slot = st & 0xffffu;
-        int32_t s = lut[idx * (1 << kLutBits) + (slot >> kLutShift)];
-        while (static_cast<uint32_t>(c[s + 1]) <= slot) ++s;
-        const uint32_t start = static_cast<uint32_t>(c[s]);
-        const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
-        const uint32_t y = freq * (st >> kProbBits) + slot - start;
-        const bool renorm = y < kLow;
-        const uint32_t word = in[pos < last ? pos : last];
-        st = renorm ? (y << 16) | word : y;
-        pos += renorm;
-        if (s == length[idx] - 2) {
-            out[i] = static_cast<float>(e < n_esc ? esc[e] : 0);
-            ++e;
-        } else {
-            out[i] = static_cast<float>(s + offset[idx]);
+    const Buckets plain{bk.bounds, bk.nb, bk.lut, nullptr, nullptr};
+    int64_t ov[K];
+    int64_t longest = 0;
+    for (int k = 0; k < K; ++k) {
+        Lane& lane = lanes[k];
+        if (lane.n_words < 2) return kBadState;
+        lane.x = (static_cast<uint32_t>(lane.words[0]) << 16) | lane.words[1];
+        if (lane.x < kLow) return kBadState;
+        lane.pos = 2;
+        ov[k] = std::lower_bound(ov_pos, ov_pos + n_ov, lane.begin) - ov_pos;
+        longest = std::max(longest, lane.length);
+    }
+    for (int64_t o0 = 0; o0 < longest; o0 += kBlock) {
+        const int64_t o1 = std::min(longest, o0 + kBlock);
+        for (int k = 0; k < K; ++k) {
+            Lane& lane = lanes[k];
+            const int64_t b0 = lane.begin + o0;
+            const int64_t b1 = lane.begin + std::min(o1, lane.length);
+            if (b1 <= b0) continue;
+            int64_t unused = 0;
+            int rc = rows_of(indexes, scales, plain, t.count, b0, b1, lane.rows, nullptr, &unused);
+            for (; ov[k] < n_ov && ov_pos[ov[k]] < b1; ++ov[k]) {  // the guard's rows
+                const int32_t row = ov_val[ov[k]];
+                if (static_cast<uint32_t>(row) >= static_cast<uint64_t>(t.count)) rc = kBadIndex;
+                lane.rows[ov_pos[ov[k]] - b0] = row;
+            }
+            if (rc != 0) return rc;
         }
-    };
-    for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        const int64_t b1 = std::min(end, b0 + kBlock);
-        int rc = rows_of(indexes, scales, Buckets{bk.bounds, bk.nb, bk.lut, nullptr, nullptr}, t.count, b0, b1, rows,
-                         nullptr, &unused);
-        for (; ov < n_ov && ov_pos[ov] < b1; ++ov) {  // the guard's rows
-            if (static_cast<uint32_t>(ov_val[ov]) >= static_cast<uint64_t>(t.count)) rc = kBadIndex;
-            rows[ov_pos[ov] - b0] = ov_val[ov];
-        }
-        if (rc != 0) return rc;
-        int64_t i = b0;
-        for (; i + 4 <= b1; i += 4) {
-            decode(x[0], rows[i - b0], i);
-            decode(x[1], rows[i + 1 - b0], i + 1);
-            decode(x[2], rows[i + 2 - b0], i + 2);
-            decode(x[3], rows[i + 3 - b0], i + 3);
-        }
-        for (; i < b1; ++i) {  // the part's last, incomplete group
-            switch ((i - begin) & 3) {
-                case 0: decode(x[0], rows[i - b0], i); break;
-                case 1: decode(x[1], rows[i - b0], i); break;
-                default: decode(x[2], rows[i - b0], i); break;
+        for (int64_t o = o0; o < o1; ++o) {
+#pragma GCC unroll 4
+            for (int k = 0; k < K; ++k) {
+                Lane& lane = lanes[k];
+                if (o >= lane.length) continue;
+                const int32_t idx = lane.rows[o - o0];
+                const int32_t* c = cdf + idx * stride;
+                const uint32_t st = lane.x;
+                const uint32_t slot = st & 0xffffu;
+                int32_t s = lut[idx * (1 << kLutBits) + (slot >> kLutShift)];
+                while (static_cast<uint32_t>(c[s + 1]) <= slot) ++s;
+                const uint32_t start = static_cast<uint32_t>(c[s]);
+                const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
+                const uint32_t y = freq * (st >> kProbBits) + slot - start;
+                const bool renorm = y < kLow;
+                const int64_t last = lane.n_words - 1;
+                const uint32_t word = lane.words[lane.pos < last ? lane.pos : last];
+                lane.x = renorm ? (y << 16) | word : y;
+                lane.pos += renorm;
+                float symbol;
+                if (s == length[idx] - 2) {
+                    symbol = static_cast<float>(lane.used_esc < lane.n_esc ? lane.esc[lane.used_esc] : 0);
+                    ++lane.used_esc;
+                } else {
+                    symbol = static_cast<float>(s + offset[idx]);
+                }
+                out[lane.begin + o] = symbol;
             }
         }
     }
-    if (pos > n_words) return kEnded;
-    if (e > n_esc) return kBadEscape;
-    if (pos != n_words || e != n_esc) return kInconsistent;
-    for (int l = 0; l < kLanes; ++l) {
-        if (x[l] != kLow) return kInconsistent;
+    for (int k = 0; k < K; ++k) {
+        const Lane& lane = lanes[k];
+        if (lane.pos > lane.n_words) return kEnded;
+        if (lane.used_esc > lane.n_esc) return kBadEscape;
+        if (lane.pos != lane.n_words || lane.used_esc != lane.n_esc || lane.x != kLow) return kInconsistent;
     }
     return 0;
 }
 
-// The first error of any part (lowest part index), else 0.
-int first_error(const std::vector<int>& rc) {
+// Lanes for the k substreams from j0 on (part j: symbols [offsets[j], offsets[j + 1])), each then
+// given its buffers by place(lane, j).
+template <class Place>
+std::unique_ptr<Lane[]> lanes_at(const int64_t* offsets, int64_t j0, int k, Place place) {
+    std::unique_ptr<Lane[]> lanes(new Lane[k]);
+    for (int l = 0; l < k; ++l) {
+        lanes[l].begin = offsets[j0 + l];
+        lanes[l].length = offsets[j0 + l + 1] - offsets[j0 + l];
+        place(lanes[l], j0 + l);
+    }
+    return lanes;
+}
+
+// Runs fn(first, count) over the substreams [0, parts) in runs of at most kInterleave interleaved,
+// the runs split between up to `threads` threads; returns the first error of any run.
+int over_lanes(int64_t parts, int threads, const std::function<int(int64_t, int)>& fn) {
+    const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(threads, parts));
+    std::vector<int> rc(static_cast<size_t>(tasks), 0);
+    const std::function<void(int64_t)> task = [&](int64_t j) {
+        const int64_t first = j * parts / tasks;
+        const int64_t end = (j + 1) * parts / tasks;
+        for (int64_t k = first; k < end && rc[j] == 0; k += kInterleave) {
+            rc[j] = fn(k, static_cast<int>(std::min<int64_t>(kInterleave, end - k)));
+        }
+    };
+    parallel_for(tasks, threads, task);
     for (int r : rc) {
         if (r != 0) return r;
     }
@@ -447,11 +489,11 @@ void hpcm_bucket_indexes(const float* scales, int64_t n, const float* bounds, in
 
 // Codes the symbols of one step into independent substreams, part j holding symbols
 // [offsets[j], offsets[j + 1]), on up to `threads` threads. values: floats within +-2^30 (rounded
-// by the codec; a fraction is cut off). Table rows come from `indexes` or, when it is null, from `scales` (bucket indexes; with
-// near_low/near_high also the guard's candidates). Part j writes backwards into
-// out[region[j], region[j + 1]) and reports its first word in first[j]; its escaped values go to
-// esc[offsets[j]...] (esc_count[j] of them), its candidates to cand[offsets[j]...] (cand_count[j]).
-// Returns 0, or the first part's error code.
+// by the codec; a fraction is cut off). Table rows come from `indexes` or, when it is null, from
+// `scales` (bucket indexes; with near_low/near_high also the guard's candidates). Part j writes
+// backwards into out[region[j], region[j + 1]) (at least its symbols + 2 words) and reports its
+// first word in first[j]; its escaped values go to esc[offsets[j]...] (esc_count[j] of them), its
+// candidates to cand[offsets[j]...] (cand_count[j]). Returns 0, or an error code.
 int32_t hpcm_encode_parts(int32_t threads, int64_t parts, const int64_t* offsets, const float* values,
                           const int32_t* indexes, const float* scales, const float* bounds, int32_t nb,
                           const uint16_t* bucket_lut, const float* near_low, const float* near_high,
@@ -461,43 +503,58 @@ int32_t hpcm_encode_parts(int32_t threads, int64_t parts, const int64_t* offsets
     const Tables t{cdf, stride, length, offset, count};
     const Buckets bk{bounds, nb, bucket_lut, near_low, near_high};
     if (indexes == nullptr && nb >= count) return kBadIndex;  // a bucket without a table
-    std::vector<int> rc(static_cast<size_t>(parts), 0);
-    const std::function<void(int64_t)> part = [&](int64_t j) {
-        int64_t word = 0;
-        rc[j] = encode_part(values, indexes, scales, bk, offsets[j], offsets[j + 1],
-                            t, out + region[j], region[j + 1] - region[j], &word, esc + offsets[j], &esc_count[j],
-                            cand + offsets[j], &cand_count[j]);
-        first[j] = region[j] + word;
-    };
-    parallel_for(parts, threads, part);
-    return first_error(rc);
+    return over_lanes(parts, threads, [&](int64_t j0, int k) {
+        std::unique_ptr<Lane[]> lanes = lanes_at(offsets, j0, k, [&](Lane& lane, int64_t j) {
+            lane.words = out + region[j];
+            lane.pos = region[j + 1] - region[j];
+            lane.esc = esc + offsets[j];
+            lane.cand = cand + offsets[j];
+        });
+        int rc = 0;
+        switch (k) {
+            case 1: rc = encode_lanes<1>(lanes.get(), values, indexes, scales, bk, t); break;
+            case 2: rc = encode_lanes<2>(lanes.get(), values, indexes, scales, bk, t); break;
+            case 3: rc = encode_lanes<3>(lanes.get(), values, indexes, scales, bk, t); break;
+            default: rc = encode_lanes<4>(lanes.get(), values, indexes, scales, bk, t); break;
+        }
+        for (int l = 0; l < k && rc == 0; ++l) {
+            const int64_t j = j0 + l;
+            first[j] = region[j] + lanes[l].pos;
+            esc_count[j] = lanes[l].n_esc;
+            cand_count[j] = lanes[l].block_cand[0];
+        }
+        return rc;
+    });
 }
 
 // Decodes the substreams of one step (part j: words[word_offsets[j], word_offsets[j + 1]), escaped
 // values esc[esc_offsets[j], esc_offsets[j + 1]), symbols [offsets[j], offsets[j + 1])) into out
-// (floats), on up to `threads` threads. Table rows come from
-// `indexes` or from `scales`; the n_ov positions ov_pos (strictly increasing) take the rows ov_val
-// instead (the boundary guard's). Returns 0, or the first part's error code.
+// (floats), on up to `threads` threads. Table rows come from `indexes` or from `scales`; the n_ov
+// positions ov_pos (strictly increasing) take the rows ov_val instead (the boundary guard's).
+// Returns 0, or an error code.
 int32_t hpcm_decode_parts(int32_t threads, int64_t parts, const int64_t* offsets, const uint16_t* words,
                           const int64_t* word_offsets, const int32_t* esc, const int64_t* esc_offsets,
-                          const int32_t* indexes, const float* scales,
-                          const float* bounds, int32_t nb, const uint16_t* bucket_lut, const int64_t* ov_pos,
-                          const int32_t* ov_val, int64_t n_ov, const int32_t* cdf, int64_t stride,
-                          const int32_t* length, const int32_t* offset, int64_t count, const uint16_t* lut,
-                          float* out) {
+                          const int32_t* indexes, const float* scales, const float* bounds, int32_t nb,
+                          const uint16_t* bucket_lut, const int64_t* ov_pos, const int32_t* ov_val, int64_t n_ov,
+                          const int32_t* cdf, int64_t stride, const int32_t* length, const int32_t* offset,
+                          int64_t count, const uint16_t* lut, float* out) {
     const Tables t{cdf, stride, length, offset, count};
     const Buckets bk{bounds, nb, bucket_lut, nullptr, nullptr};
     if (indexes == nullptr && nb >= count) return kBadIndex;  // a bucket without a table
-    std::vector<int> rc(static_cast<size_t>(parts), 0);
-    const std::function<void(int64_t)> part = [&](int64_t j) {
-        const int64_t* lo = std::lower_bound(ov_pos, ov_pos + n_ov, offsets[j]);
-        const int64_t* hi = std::lower_bound(lo, ov_pos + n_ov, offsets[j + 1]);
-        rc[j] = decode_part(words + word_offsets[j], word_offsets[j + 1] - word_offsets[j], esc + esc_offsets[j],
-                            esc_offsets[j + 1] - esc_offsets[j], indexes, scales, bk, offsets[j], offsets[j + 1], lo,
-                            ov_val + (lo - ov_pos), hi - lo, t, lut, out);
-    };
-    parallel_for(parts, threads, part);
-    return first_error(rc);
+    return over_lanes(parts, threads, [&](int64_t j0, int k) {
+        std::unique_ptr<Lane[]> lanes = lanes_at(offsets, j0, k, [&](Lane& lane, int64_t j) {
+            lane.words = const_cast<uint16_t*>(words + word_offsets[j]);
+            lane.n_words = word_offsets[j + 1] - word_offsets[j];
+            lane.esc = const_cast<int32_t*>(esc + esc_offsets[j]);
+            lane.n_esc = esc_offsets[j + 1] - esc_offsets[j];
+        });
+        switch (k) {
+            case 1: return decode_lanes<1>(lanes.get(), indexes, scales, bk, ov_pos, ov_val, n_ov, t, lut, out);
+            case 2: return decode_lanes<2>(lanes.get(), indexes, scales, bk, ov_pos, ov_val, n_ov, t, lut, out);
+            case 3: return decode_lanes<3>(lanes.get(), indexes, scales, bk, ov_pos, ov_val, n_ov, t, lut, out);
+            default: return decode_lanes<4>(lanes.get(), indexes, scales, bk, ov_pos, ov_val, n_ov, t, lut, out);
+        }
+    });
 }
 
 // Format 2: decodes n symbols continuing the state in (pos, x, coded, esc). Returns 0, -1 when the

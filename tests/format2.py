@@ -1,13 +1,13 @@
 """Streams of bitstream format 2 as its encoder wrote them, for the tests of the decoder that stays
-for them. A format-2 stream is one substream of today's coder over all its symbols, written as
-``varint(number of words) | words (uint16 LE) | escaped values``; ``tests/test_golden.py`` checks that
-this writes the golden v2 streams byte for byte."""
+for them: ``varint(number of words) | words (uint16 LE) | escaped values`` of one rANS stream with four
+interleaved states over all symbols. No encoder of the package writes format 2 any more;
+``tests/test_golden.py`` checks that this one writes the golden v2 streams byte for byte."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from hpcm.codec.rans import CdfTables, Coder, encode_escapes
+from hpcm.codec.rans import LANES, PROB_BITS, STATE_LOW, CdfTables, encode_escapes
 
 
 def _varint(value: int) -> bytes:
@@ -21,8 +21,22 @@ def _varint(value: int) -> bytes:
 
 def format2_stream(values: np.ndarray, indexes: np.ndarray, tables: CdfTables) -> bytes:
     """The format-2 stream of the integer ``values`` coded with the table rows ``indexes``."""
-    values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
-    indexes = np.ascontiguousarray(indexes, dtype=np.int32).reshape(-1)
-    coded = Coder().encode(values, tables, np.array([0, values.size], dtype=np.int64), indexes=indexes)
-    (words,), (escapes,) = coded.words, coded.escapes
-    return _varint(words.size) + words.astype("<u2").tobytes() + encode_escapes(escapes)
+    values, indexes = np.asarray(values).reshape(-1), np.asarray(indexes).reshape(-1)
+    states, backwards, escapes = [STATE_LOW] * LANES, [], []
+    for i in range(values.size - 1, -1, -1):  # rANS codes backwards; symbol i uses state i % 4
+        row, value = int(indexes[i]), int(values[i])
+        tail, symbol = int(tables.length[row]) - 2, value - int(tables.offset[row])
+        if not 0 <= symbol < tail:
+            escapes.append(value)
+            symbol = tail
+        low = int(tables.cdf[row, symbol])
+        width = int(tables.cdf[row, symbol + 1]) - low
+        state = states[i % LANES]
+        if state >= width << 16:
+            backwards.append(state & 0xFFFF)
+            state >>= 16
+        states[i % LANES] = ((state // width) << PROB_BITS) + state % width + low
+    for state in reversed(states):
+        backwards += [state & 0xFFFF, state >> 16]
+    words = np.array(backwards[::-1], dtype="<u2")
+    return _varint(words.size) + words.tobytes() + encode_escapes(np.array(escapes[::-1], dtype=np.int32))

@@ -12,8 +12,9 @@ import torch
 from hpcm.codec import rans
 from hpcm.codec.guard import ScreenWindows
 from hpcm.codec.rans import (
-    LANES,
     MAX_ABS_VALUE,
+    STATE_WORDS,
+    STEP_SUBSTREAMS,
     SUBSTREAM_SYMBOLS,
     CdfTables,
     Coder,
@@ -66,10 +67,11 @@ def test_native_coder_is_available() -> None:
 
 
 def test_substreams_cut_by_the_count_alone() -> None:
-    assert substream_offsets(0).tolist() == [0, 0]
-    assert substream_offsets(SUBSTREAM_SYMBOLS - 1).tolist() == [0, SUBSTREAM_SYMBOLS - 1]
+    assert substream_offsets(0).tolist() == [0] * (STEP_SUBSTREAMS + 1)
+    assert substream_offsets(10).tolist() == [0, 2, 5, 7, 10]
     cut = substream_offsets(345_600)  # a 1920x1080 s3 step
-    assert cut.size == 3 and cut[0] == 0 and cut[-1] == 345_600 and np.diff(cut).min() >= SUBSTREAM_SYMBOLS
+    assert cut.size == 2 * STEP_SUBSTREAMS + 1 and cut[0] == 0 and cut[-1] == 345_600
+    assert np.diff(cut).min() >= SUBSTREAM_SYMBOLS // STEP_SUBSTREAMS
 
 
 def test_roundtrip_with_escapes_and_extremes(tables: CdfTables) -> None:
@@ -85,7 +87,8 @@ def test_roundtrip_with_escapes_and_extremes(tables: CdfTables) -> None:
 def test_empty_step(tables: CdfTables) -> None:
     empty = np.zeros(0, np.float32)
     data = encode(tables, empty, indexes=np.zeros(0, np.int32))
-    assert len(data) == 3 + 2 * 2 * LANES  # one substream: count, its two counts, the initial states
+    # count, and per substream its two counts and its initial state
+    assert len(data) == 1 + STEP_SUBSTREAMS * (2 + 2 * STATE_WORDS)
     assert decode(data, tables, substream_offsets(0), indexes=np.zeros(0, np.int32)).size == 0
 
 
