@@ -12,8 +12,8 @@ Streams: 0 = z (per-channel tables ``*_z``, row = channel), 1 = y (tables ``*_y`
 bucket), coded through the 11 progressive steps in order (``ProgressiveSchedule.run``), 2 = boundary
 guard (``guard.py``: the buckets of scales that lie too close to a bucket boundary to trust another
 backend with). In format 3 each step's symbols are independent substreams (``entropy.py``): the
-encoder codes step k on a worker thread while step k + 1's networks run, and both sides code a
-step's substreams in parallel; format 2 streams (one rANS stream for all steps) still decode.
+encoder codes z and each step k on worker threads while the networks after them run, and both sides
+code a step's substreams in parallel; format 2 streams (one rANS stream for all steps) still decode.
 
 Images of any size are padded at the bottom and right by edge replication (``replicate``) up to the
 alignment; replication keeps the border free of the artificial edges that zero padding would cost
@@ -284,6 +284,7 @@ class Codec:
         threads = config.coder_threads()
         with torch.no_grad(), deterministic_precision(self.device), \
                 _memory_for(*padded_size(int(height), int(width), self.alignment)), \
+                StreamEncoder(tables.z, threads=threads, overlap=True, clock=self.clock) as z_coder, \
                 StreamEncoder(tables.y, tables.buckets, GuardWriter(guard_epsilon, tables.scale_table),
                               threads=threads, overlap=True, clock=self.clock) as y_coder:
             with section("analysis"):
@@ -291,9 +292,7 @@ class Codec:
             if z_q.shape[1] != tables.z.count:
                 raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
             with section("entropy_coding"):
-                z_coder = StreamEncoder(tables.z, tables.buckets, threads=threads)
-                z_coder.add(z_q, indexes=_z_indexes(z_q.shape))
-                z_stream = z_coder.finish()
+                z_coder.add(z_q, indexes=_z_indexes(z_q.shape))  # coded beside the hyper synthesis
             with section("analysis"):
                 y_scales = self.schedule.all_scales(y)
 
@@ -307,7 +306,7 @@ class Codec:
                 params = self.networks.h_s(z_hat)
             y_hat = self.schedule.run(params, encode_step)
             with section("entropy_coding"):
-                streams = [z_stream, y_coder.finish(), y_coder.guard.flush()]
+                streams = [z_coder.finish(), y_coder.finish(), y_coder.guard.flush()]
         with section("entropy_coding"):
             header = bitstream.Header(
                 variant=self.variant,
