@@ -25,7 +25,8 @@ DEFAULT_MAX_PIXELS = 2048 * 2048
 
 # Threads per worker of hpcm compress/decompress and eval --ray when --threads is not given: on a CPU
 # the cores go to separate images (one worker per core; images need no synchronisation, a network's
-# threads do); on a GPU one thread serves the host side of one codec (the native coder's own pool, below, is apart).
+# threads do); on a GPU one thread serves the host side of one codec (the native coder has its own
+# pool, below).
 DEFAULT_CPU_THREADS = 1
 DEFAULT_GPU_THREADS = 1
 # The native coder's default thread count is the CPU count up to this: a 1920x1080 step has at most
