@@ -12,7 +12,8 @@ from __future__ import annotations
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line: line breaks (a compiler's or a library's text) become "; "."""
+    """``message`` on one line: line breaks (a compiler's, a library's or a child process's text) become
+    "; "."""
     return "; ".join(line.strip() for line in message.strip().splitlines() if line.strip())
 
 

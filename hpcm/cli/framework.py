@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from typing import Iterator
 
 import click
 
@@ -29,13 +33,34 @@ def configure_logging() -> None:
     LOG.propagate = False
 
 
+@contextlib.contextmanager
+def _terminations_as_exits() -> Iterator[None]:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does, by an exception, so that every ``with`` block on
+    the way out runs: temporary files and folders are removed, locks released (a SIGKILL leaves its
+    temporaries to the next write, ``hpcm.files``)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 class _ReportsProjectErrors:
     """Turns a project error into click's one-line error exit (after setting up the logger)."""
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         configure_logging()
         try:
-            return super().invoke(ctx)
+            with _terminations_as_exits():
+                return super().invoke(ctx)
         except HPCMError as exc:
             raise click.ClickException(one_line(str(exc))) from exc
 
