@@ -1,6 +1,7 @@
-"""The project's digests, one scheme each: of a file (SHA-256, read in blocks), and of named tensors
-(name, dtype, shape and bytes of each: checkpoints, and the weights and tables digests of bitstreams
-and export folders).
+"""The project's digests, one scheme each: of a file (SHA-256, read in blocks), of a JSON document
+(its canonical text: variant specs in checkpoints and rate points, export manifests), and of named
+tensors (name, dtype, shape and bytes of each: checkpoints, and the weights and tables digests of
+bitstreams and export folders).
 
 PyTorch is imported only by ``hash_tensors``, when it is called, so importing this module stays cheap.
 """
@@ -8,6 +9,7 @@ PyTorch is imported only by ``hash_tensors``, when it is called, so importing th
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Union
 
@@ -22,6 +24,12 @@ def file_sha256(path: Union[str, Path]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def document_digest(document: object) -> "hashlib._Hash":
+    """A SHA-256 fed with ``document`` as canonical JSON (keys sorted): take its ``hexdigest()``, or feed
+    it more (``hash_tensors``)."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode())
 
 
 def hash_tensors(digest: "hashlib._Hash", items: Iterable[tuple[str, "torch.Tensor"]]) -> None:

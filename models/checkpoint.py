@@ -11,16 +11,16 @@ still load, with a notice. Raw state_dicts record no variant: ``recognise`` read
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
-from dataclasses import dataclass, field, replace
+import re
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from hpcm.digests import hash_tensors
+from hpcm.digests import document_digest, hash_tensors
 from hpcm.errors import CheckpointError, VariantError
 from hpcm.files import atomic_output
 from hpcm.log import LOG
@@ -29,7 +29,7 @@ from .cdf_tables import TABLE_NAMES
 from .fork import strip_data_parallel
 from .hpcm import HPCM, build_model, check_model_size
 from .recognise import CheckpointContents, describe_state_dict
-from .variants import VariantSpec, get_variant
+from .variants import VariantSpec, get_variant, with_dimensions
 
 FORMAT = "hpcm-rwkv-checkpoint"
 FORMAT_VERSION = 2  # 2: tensors_sha256, the digest of the spec and every tensor
@@ -39,7 +39,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 def content_digest(variant: dict, state_dict: dict) -> str:
     """Hex SHA-256 over the variant spec and every tensor of ``state_dict`` (sorted by name)."""
-    digest = hashlib.sha256(json.dumps(variant, sort_keys=True).encode())
+    digest = document_digest(variant)
     hash_tensors(digest, sorted(state_dict.items()))
     return digest.hexdigest()
 
@@ -65,13 +65,22 @@ def save_checkpoint(model: HPCM, path: Union[str, Path], extra: Optional[dict] =
     return Path(path)
 
 
+# How torch's weights-only unpickler words a refusal of what a pickle asks for (a global such as
+# posix.system, a call, an object build), as opposed to bytes that are no pickle at all.
+_UNSAFE_PICKLE = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?(?P<name>[\w.]+)|Trying to call reduce"
+                            r"|Can only (?:build|create)", re.IGNORECASE)
+
+
 def _load_failure(path: Path, exc: BaseException) -> CheckpointError:
     """Our one-line reason for a file torch cannot load (never torch's advice to turn off weights_only)."""
     with open(path, "rb") as f:
         is_archive = f.read(4) == _ZIP_MAGIC
-    if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
-        return CheckpointError(f"{path} holds Python objects besides tensors and plain containers; they are not "
-                               "loaded because unpickling them could run code (save the state_dict alone)")
+    unsafe = _UNSAFE_PICKLE.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    if unsafe:
+        found = f" (it asks for {unsafe.group('name')})" if unsafe.group("name") else ""
+        return CheckpointError(f"{path} holds pickled Python objects besides tensors and plain containers{found}; "
+                               "they are refused unread because unpickling them could run code (save the state_dict "
+                               "alone)")
     if is_archive:
         return CheckpointError(f"{path} is damaged: its PyTorch archive cannot be read ({type(exc).__name__})")
     return CheckpointError(f"{path} is not a readable PyTorch checkpoint (neither an archive nor tensors)")
@@ -105,7 +114,9 @@ def _read_payload(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a regular file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice on pickle protocols: the failure below says what is wrong
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for non-checkpoint files
         raise _load_failure(path, exc) from exc
     if not isinstance(payload, dict):
@@ -179,7 +190,7 @@ def model_from_contents(contents: CheckpointContents, variant: Union[str, Varian
         fits = (f"its keys fit {', '.join(contents.candidates)}" if contents.candidates
                 else "its keys fit no known variant")
         raise CheckpointError(f"{where} records no variant and {fits}; pass the variant it was trained as with "
-                              "--variant (a name or a .json file)")
+                              "--variant (hpcm convert: --from), a name, expression or .json file")
     try:
         check_model_size(spec)
     except VariantError as exc:
@@ -221,9 +232,8 @@ def convert_model(source: HPCM, target: Union[str, VariantSpec], seed: int = 0) 
     """A ``target`` model carrying every tensor of ``source`` with the same name and shape;
     everything else keeps its fresh (seeded) initialisation. The entropy tables are not carried but
     computed from the converted weights (the source's z tables belong to its own z scales). The target
-    keeps the source's M and N."""
-    spec = get_variant(target)
-    model = build_model(replace(spec, M=source.spec.M, N=source.spec.N), seed=seed)
+    keeps the source's M and N, and says so in its name (``phase2+M=192+N=128``)."""
+    model = build_model(with_dimensions(get_variant(target), source.spec.M, source.spec.N), seed=seed)
     report = ConversionReport()
     source_state = {k: v for k, v in source.state_dict().items() if k not in TABLE_NAMES}
     target_state = {k: v for k, v in model.state_dict().items() if k not in TABLE_NAMES}

@@ -10,7 +10,6 @@ Progressive coding runs in 11 steps (2 at s1 = y/4, 3 at s2 = y/2, 6 at s3 = y),
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from .cdf_tables import TABLE_NAMES
 from .cells import CrossAttentionCell, RWKVBlock, RWKVContextCell, RWKVFusionNet
 from .entropy import GeneralizedGaussian
 from .layers import DWConvRB, conv1x1
-from .layout import Y_ALIGNMENT, ScaleLayout
+from .layout import ScaleLayout
 from .progressive import STEPS, ProgressiveSchedule
 from .seeding import portable_convolutions_
 from .transforms import AnalysisTransform, HyperAnalysis, HyperSynthesis, SynthesisTransform
@@ -125,12 +124,8 @@ class HPCM(nn.Module):
     # ------------------------------------------------------------------ geometry
     @property
     def alignment(self) -> int:
-        """Image sides must be multiples of this (pixels): y tiling, and every attention window."""
-        alignment = 16 * Y_ALIGNMENT
-        for scale, cell in enumerate(self.spec.cells):
-            if isinstance(cell, CrossAttentionCellSpec):
-                alignment = math.lcm(alignment, 16 * 2 ** (2 - scale) * cell.window)
-        return alignment
+        """Image sides must be multiples of this (pixels): ``VariantSpec.alignment``."""
+        return self.spec.alignment
 
     def check_image_size(self, height: int, width: int) -> None:
         a = self.alignment

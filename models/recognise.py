@@ -6,13 +6,13 @@ M and N are read off the shapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Optional
 
 from hpcm.errors import VariantError
 
 from .fork import ADAPTIVE_PARAMS_NOTICE, DATA_PARALLEL_PREFIX, from_fork_layout, is_fork_layout
-from .variants import FORK_NAMES, VARIANTS, VRWKV_SUFFIX, VariantSpec
+from .variants import FORK_NAMES, VARIANTS, VRWKV_SUFFIX, VariantSpec, with_dimensions
 
 
 def recognise_architecture(keys) -> Optional[str]:  # noqa: ANN001 - any iterable of keys
@@ -68,15 +68,13 @@ def _structure(spec: VariantSpec) -> tuple:
 
 
 def _with_dimensions(spec: VariantSpec, state_dict: dict) -> VariantSpec:
-    """``spec`` with the M and N of a raw state_dict (its adaptor and hyper-prior shapes)."""
+    """``spec`` with the M and N of a raw state_dict (its adaptor and hyper-prior shapes), named as the
+    expression that builds it (``phase2+M=192+N=128``: what --variant must say for it)."""
     adaptor, hyper = state_dict.get("y_spatial_prior_adaptor_list_s1.0.weight"), state_dict.get("means_hyper")
-    if adaptor is None or hyper is None:
-        return spec
-    M, N = adaptor.shape[0] // 3, hyper.shape[1]
-    if (M, N) == (spec.M, spec.N):
+    if adaptor is None or hyper is None or adaptor.dim() < 1 or hyper.dim() < 2:
         return spec
     try:
-        return replace(spec, M=M, N=N)
+        return with_dimensions(spec, adaptor.shape[0] // 3, hyper.shape[1])
     except VariantError:  # sizes no variant may have: the strict load then names the mismatch
         return spec
 
@@ -109,7 +107,7 @@ def describe_state_dict(state_dict: dict, payload: dict) -> CheckpointContents:
                                 "as baseline (pass --variant if it is another)")
     elif architecture is not None:
         # This project's layout: the RWKV block wiring and the Bi-WKV mode are not in the keys.
-        contents.candidates = tuple(name for name, spec in VARIANTS.items()
+        contents.candidates = tuple(_with_dimensions(spec, state_dict).name for spec in VARIANTS.values()
                                     if _structure(spec) == _structure(VARIANTS[architecture]))
         found.append(f"the keys fit {', '.join(contents.candidates)} (RWKV block wiring and Bi-WKV mode are not "
                      "in the keys)")

@@ -27,6 +27,7 @@ twice the official model's widths, so a spec from an untrusted file cannot ask f
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
@@ -36,6 +37,7 @@ from hpcm.errors import VariantError
 from hpcm.plugins.biwkv import WKV_MODES
 
 from .cells import RWKV_WIRINGS
+from .layout import Y_ALIGNMENT
 
 # field -> (smallest, largest) of every integer a spec holds
 LIMITS = {
@@ -159,6 +161,15 @@ class VariantSpec:
             raise VariantError(f"unknown rwkv_block {self.rwkv_block!r} ({' or '.join(RWKV_WIRINGS)})")
         if self.wkv not in WKV_MODES:
             raise VariantError(f"unknown wkv mode {self.wkv!r} ({' or '.join(WKV_MODES)})")
+
+    @property
+    def alignment(self) -> int:
+        """Image sides must be multiples of this (pixels): the y tiling, and every attention window."""
+        alignment = 16 * Y_ALIGNMENT
+        for scale, cell in enumerate(self.cells):
+            if isinstance(cell, CrossAttentionCellSpec):
+                alignment = math.lcm(alignment, 16 * 2 ** (2 - scale) * cell.window)
+        return alignment
 
     @property
     def has_rwkv(self) -> bool:
@@ -351,6 +362,13 @@ def derive_variant(base: VariantSpec, changes: str) -> VariantSpec:
             raise VariantError(f"cannot change {field_name!r} to {value!r}; fields: {EXPRESSION_HELP}")
     return replace(spec, name=f"{base.name}+{changes}",
                    description=f"{base.name} with {changes.replace('+', ', ')}")
+
+
+def with_dimensions(spec: VariantSpec, M: int, N: int) -> VariantSpec:
+    """``spec`` at latent sizes ``M`` and ``N``, named as the expression that builds it
+    (``phase2+M=192+N=128``), so that its name is what ``--variant`` must say for it."""
+    changes = [f"{name}={value}" for name, value, own in (("M", M, spec.M), ("N", N, spec.N)) if value != own]
+    return derive_variant(spec, "+".join(changes)) if changes else spec
 
 
 def get_variant(variant: Union[str, VariantSpec, Path]) -> VariantSpec:

@@ -58,10 +58,11 @@ def convert(source: Path, target: str, source_variant: str | None, output: Path,
     from hpcm.files import check_output
     from hpcm.models.checkpoint import convert_model, save_checkpoint
 
-    check_output(output, [source])
+    inputs = (source, source_variant, target)
+    check_output(output, inputs)
     model = _model(source_variant, source)
     converted, report = convert_model(model, target, seed=seed)
-    save_checkpoint(converted, output, inputs=(source,))
+    save_checkpoint(converted, output, inputs=inputs)
     click.echo(f"{model.spec.name} -> {converted.spec.name}: {report.summary()}")
     click.echo(f"wrote {output}")
 
@@ -92,7 +93,7 @@ def train(images: Path, variant: str, checkpoint: Path | None, output: Path, ste
 
     config = TrainConfig(steps=steps, batch_size=batch_size, crop=crop, lmbda=lmbda, lr=lr, device=device)
     paths = image_files(images, recursive=True)
-    inputs = (checkpoint, *paths)
+    inputs = (checkpoint, variant, *paths)
     check_output(output, inputs)
     model = _model(variant, checkpoint)
     pictures = [pixels for _, pixels in iterate_images(paths)]
