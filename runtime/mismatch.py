@@ -20,11 +20,11 @@ import torch
 
 from hpcm.codec import Codec
 from hpcm.codec.guard import DEFAULT_EPSILON, nearest_boundary
-from hpcm.errors import ConfigError
+from hpcm.errors import ConfigError, RunnerError
 from hpcm.models.cdf_tables import scale_indexes
 
 from .runners import GRAPH_RUNNERS
-from .session import CodecRequest, open_codec, resolve
+from .session import CodecRequest, check_backend, open_codec, resolve
 
 
 def backend_options(item: str) -> tuple[str, dict[str, Any]]:
@@ -34,7 +34,7 @@ def backend_options(item: str) -> tuple[str, dict[str, Any]]:
         return item, {}
     device, _, dtype_name = item.partition("-")
     dtype = getattr(torch, dtype_name or "float32", None)
-    if not device or not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    if not device or not isinstance(dtype, torch.dtype):
         raise ConfigError(f"--backends {item!r}: expected DEVICE-DTYPE such as cpu-float64, or a graph backend "
                           f"({', '.join(GRAPH_RUNNERS)}) with --export")
     return "eager", {"device": device, "dtype": dtype}
@@ -47,6 +47,11 @@ def backend_codecs(request: CodecRequest, backends: Sequence[str]) -> Iterator[d
     if len(backends) < 2:
         raise ConfigError("--backends needs at least two backends")
     options = {item: backend_options(item) for item in backends}
+    for item, (backend, extra) in options.items():  # every backend checked before anything loads
+        try:
+            check_backend(backend, request.export is not None, **extra)
+        except RunnerError as exc:
+            raise RunnerError(f"--backends {item}: {exc}") from exc
     source = resolve(request, need_model=any(backend == "eager" for backend, _ in options.values()))
     with contextlib.ExitStack() as stack:
         codecs = {}

@@ -244,13 +244,15 @@ class CodecSession:
         self.close()
 
 
-def check_backend(backend: str, has_export: bool) -> None:
-    """Refuse an unknown backend, or a graph backend without an export folder (before anything loads)."""
+def check_backend(backend: str, has_export: bool, device: Optional[str] = None, **runner_options: Any) -> None:
+    """Refuse, before anything loads, an unknown backend, a graph backend without an export folder, or
+    a device or runner option (e.g. an eager runner's ``dtype``) that backend's runner cannot use here."""
     if backend not in RUNNERS:
         raise RunnerError(f"unknown backend {backend!r}; use one of {', '.join(RUNNERS)}")
     if backend in GRAPH_RUNNERS and not has_export:
         raise RunnerError(f"the {backend} backend runs an export folder's graphs: give --export DIR "
                           f"(made by hpcm-export); backends for a checkpoint: eager")
+    runner_class(backend).check_options(device, **runner_options)
 
 
 def open_runner(backend: str, model: Optional[HPCM] = None, export: Optional[ExportDir] = None,
@@ -270,7 +272,7 @@ def open_codec(request: CodecRequest, *, clock: StageClock = NO_CLOCK, announce:
     ``clock`` sees the codec's stages (``Codec``); ``announce``: as in ``resolve``; ``runner_options``
     go to the runner (e.g. ``dtype`` of an eager runner, ``cache_dir`` of TensorRT's)."""
     backend = request.backend_name
-    check_backend(backend, request.export is not None)
+    check_backend(backend, request.export is not None, request.device, **runner_options)
     if request.header is not None:
         check_claimed_size(request.header, request.max_pixels)
     source = resolve(request, need_model=backend == "eager", announce=announce)

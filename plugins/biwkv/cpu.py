@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from hpcm import config
-from hpcm.errors import RunnerError
+from hpcm.errors import ConfigError, RunnerError, one_line
 from hpcm.native import build_shared_library
 
 from .contract import CONTRACT
@@ -71,14 +71,30 @@ def biwkv_cpu(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return torch.from_numpy(y)
 
 
+def _checked_prebuilt(library: Path) -> Path:
+    """``HPCM_BIWKV_ORT_OP``'s library when it is a shared library with ONNX Runtime's custom-op entry
+    point, else a ConfigError: a setting that was given is never ignored."""
+    remedy = (f"point {ORT_LIBRARY_ENV} at a library built from plugins/biwkv/biwkv_ort_op.cpp, or unset it "
+              "(the node then runs as a Python op)")
+    if not library.is_file():
+        raise ConfigError(f"{ORT_LIBRARY_ENV}={library} does not exist or is not a file: {remedy}")
+    try:
+        loaded = ctypes.CDLL(str(library.resolve()))
+    except OSError as exc:
+        raise ConfigError(f"{ORT_LIBRARY_ENV}={library} is not a loadable shared library ({one_line(str(exc))}): "
+                          f"{remedy}") from exc
+    if not hasattr(loaded, "RegisterCustomOps"):
+        raise ConfigError(f"{ORT_LIBRARY_ENV}={library} is not an ONNX Runtime custom-op library (it has no "
+                          f"RegisterCustomOps): {remedy}")
+    return library
+
+
 def ort_op_library(include_dir: Optional[Path] = None) -> Path:
     """The ONNX Runtime custom-op library: ``HPCM_BIWKV_ORT_OP`` if set, else built (once) against
     ``onnxruntime_c_api.h`` in ``include_dir`` or ``ONNXRUNTIME_INCLUDE_DIR``."""
     prebuilt = config.onnxruntime_op_library()
     if prebuilt:
-        if not prebuilt.is_file():
-            raise OrtOpUnavailable(f"{ORT_LIBRARY_ENV}={prebuilt} does not exist")
-        return prebuilt
+        return _checked_prebuilt(prebuilt)
     folder = include_dir or config.onnxruntime_include_dir()
     if not folder:
         raise OrtOpUnavailable(

@@ -16,7 +16,7 @@ Use a runner as a context manager::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -34,6 +34,12 @@ class Runner(ABC):
     def __init__(self, device: Optional[str] = None) -> None:
         self.device = self.resolve_device(device)
         self._active = False
+
+    @classmethod
+    def check_options(cls, device: Optional[str] = None, **options: Any) -> None:
+        """Refuse, before anything is built, a device or an option of this runner it cannot use here
+        (the constructor applies the same checks)."""
+        cls.resolve_device(device)
 
     @classmethod
     def resolve_device(cls, device: Optional[str]) -> torch.device:

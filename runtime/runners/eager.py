@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from hpcm.errors import RunnerError
 from hpcm.log import LOG
 from hpcm.models.graphs import GRAPHS, GraphModule
 from hpcm.models.hpcm import HPCM
@@ -50,13 +51,23 @@ class EagerRunner(Runner):
 
     kind = "eager"
     device_types = ("cpu", "cuda")
+    # What the networks compute in (bfloat16 and float8 lack kernels the model needs: the Bi-WKV op, conv_transpose).
+    dtypes = (torch.float32, torch.float64, torch.float16)
 
     def __init__(self, model: HPCM, device: Optional[str] = None, dtype: torch.dtype = torch.float32) -> None:
+        self.check_options(device, dtype=dtype)
         super().__init__(device)
         self.model = model
         self.dtype = dtype
         self._modules: dict[str, GraphModule] = {}
         self._wkv = ""  # on a GPU: the Bi-WKV implementation chosen when activated
+
+    @classmethod
+    def check_options(cls, device: Optional[str] = None, dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        super().check_options(device, **options)
+        if dtype not in cls.dtypes:
+            names = ", ".join(str(t).replace("torch.", "") for t in cls.dtypes)
+            raise RunnerError(f"the eager runner computes in {names}, not {str(dtype).replace('torch.', '')}")
 
     @property
     def graphs(self) -> tuple[str, ...]:

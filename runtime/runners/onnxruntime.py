@@ -23,13 +23,13 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 from hpcm import config
-from hpcm.errors import ArtifactError, NativeBuildError, RunnerError
-from hpcm.export.artifact import ExportDir
+from hpcm.errors import ArtifactError, NativeBuildError, RunnerError, one_line
+from hpcm.export.artifact import WEIGHTS_NAME, ExportDir
 from hpcm.log import LOG
 from hpcm.plugins.biwkv.contract import CONTRACT
 
@@ -122,28 +122,29 @@ def to_contrib_domain(model):
     return copy, changed
 
 
-# Bumped when to_contrib_domain changes what it writes (cached rewrites of the old form are then unused).
+# Bumped when to_contrib_domain or with_weights_file changes what it writes (cached rewrites of the
+# old form are then unused).
 _CONTRIB_REWRITE_VERSION = 2
 
 
-def contrib_graph(path: Path) -> Optional[bytes]:
-    """The graph at ``path`` rewritten for ONNX Runtime extensions (``to_contrib_domain``, external data
-    left external), or None when it has no custom node. Rewrites are cached by the graph's SHA-256 in
-    ``<cache>/onnxruntime``, each entry led by the SHA-256 of what follows (a damaged entry is
+def _cached_rewrite(path: Path, kind: str, rewrite: Callable) -> Optional[bytes]:  # noqa: ANN401 - ModelProto
+    """``rewrite(model)`` of the graph at ``path`` serialised (external data left external), or None
+    where it returns None (nothing to change). Rewrites are cached by the graph's SHA-256 and ``kind``
+    in ``<cache>/onnxruntime``, each entry led by the SHA-256 of what follows (a damaged entry is
     rewritten): a cold CLI call then neither imports onnx nor parses the graphs (0.6 to 1.4 s of each
     `hpcm encode --export` here). An unusable cache only costs the rewrite."""
     graph = path.read_bytes()
     cached = (config.cache_dir() / "onnxruntime" /
-              f"{hashlib.sha256(graph).hexdigest()}.v{_CONTRIB_REWRITE_VERSION}.contrib")
+              f"{hashlib.sha256(graph).hexdigest()}.v{_CONTRIB_REWRITE_VERSION}.{kind}")
     with contextlib.suppress(OSError):
         stored = cached.read_bytes()
         if hashlib.sha256(stored[32:]).digest() == stored[:32]:
-            # the rewritten graph, or nothing for a graph without custom nodes
+            # the rewritten graph, or nothing for a graph the rewrite leaves as it is
             return stored[32:] or None
     import onnx
 
-    model, has_custom = to_contrib_domain(onnx.load_model_from_string(graph))
-    rewritten = model.SerializeToString() if has_custom else b""
+    model = rewrite(onnx.load_model_from_string(graph))
+    rewritten = model.SerializeToString() if model is not None else b""
     tmp = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +157,53 @@ def contrib_graph(path: Path) -> Optional[bytes]:
             with contextlib.suppress(OSError):
                 os.unlink(tmp.name)
     return rewritten or None
+
+
+def contrib_graph(path: Path) -> Optional[bytes]:
+    """The graph at ``path`` rewritten for ONNX Runtime extensions (``to_contrib_domain``), or None
+    when it has no custom node (cached: ``_cached_rewrite``)."""
+
+    def rewrite(model):  # noqa: ANN001, ANN202 - onnx.ModelProto
+        copy, has_custom = to_contrib_domain(model)
+        return copy if has_custom else None
+
+    return _cached_rewrite(path, "contrib", rewrite)
+
+
+def with_weights_file(model, name: str):  # noqa: ANN001, ANN201 - onnx.ModelProto
+    """``model`` with its external data read from the file ``name`` (instead of ``weights.bin``)."""
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = name
+    return model
+
+
+def linked_weights(path: Path) -> Optional[Path]:
+    """The file the weights of the graph at ``path`` are read from when it lies outside the graph's
+    folder (``weights.bin`` a symbolic link into a cache such as DVC's or git-annex's), else None.
+
+    ONNX Runtime refuses external data outside the graph's folder (a guard against graphs that read
+    arbitrary files); the export's ``weights.bin`` was verified by its hash when the folder was
+    opened, so its sessions are given the real file's folder and name instead."""
+    real = (path.parent / WEIGHTS_NAME).resolve()
+    return real if real.parent != path.parent.resolve() else None
+
+
+def session_graph(path: Path, contrib: bool) -> tuple[Optional[bytes], Path]:
+    """What an ONNX Runtime session loads for the graph at ``path``: its bytes, or None to load the
+    file as it is (with ``contrib``: rewritten for the extensions' Python op, ``contrib_graph``; with
+    weights outside its folder: reading them there, ``linked_weights``), and the folder its external
+    data is read from."""
+    linked = linked_weights(path)
+    if linked is None:
+        return (contrib_graph(path) if contrib else None), path.resolve().parent
+
+    def rewrite(model):  # noqa: ANN001, ANN202 - onnx.ModelProto
+        return with_weights_file(to_contrib_domain(model)[0] if contrib else model, linked.name)
+
+    kind = f"{'contrib' if contrib else 'graph'}.{hashlib.sha256(linked.name.encode()).hexdigest()[:16]}"
+    return _cached_rewrite(path, kind, rewrite), linked.parent
 
 
 @functools.lru_cache(maxsize=None)
@@ -196,25 +244,32 @@ def cpu_session(path: Union[str, Path], route: Optional[str] = None):
     # As many threads as PyTorch's: the process's one setting (a worker of hpcm compress sets it),
     # so that several workers on one machine do not each take every core.
     options.intra_op_num_threads = torch.get_num_threads()
+    python_op = False
     if (route or wkv_op_route()) == "native":
         from hpcm.plugins.biwkv.cpu import ort_op_library
 
-        options.register_custom_ops_library(str(ort_op_library()))
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    contrib = contrib_graph(path)
-    if contrib is None:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    # the rewritten graph comes as bytes; its weights stay in the folder's weights.bin
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.resolve().parent))
-    _register_python_op()
-    from onnxruntime_extensions import get_library_path
+        library = ort_op_library()
+        try:
+            options.register_custom_ops_library(str(library))
+        except RuntimeError as exc:  # onnxruntime's Fail: a library built for another ONNX Runtime
+            raise RunnerError(f"ONNX Runtime cannot load the Bi-WKV op library {library} "
+                              f"({one_line(str(exc))}): rebuild it for this ONNX Runtime") from exc
+    else:
+        python_op = contrib_graph(path) is not None
+    graph, weights_folder = session_graph(path, contrib=python_op)
+    if python_op:
+        _register_python_op()
+        from onnxruntime_extensions import get_library_path
 
-    # The Python op computes with PyTorch's own threads; ORT's pool threads spinning for work next to
-    # them would take the same cores (phase4 forward at 768x512 on 2 cores: 7.8 s -> see README).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-
-    options.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(contrib, options, providers=["CPUExecutionProvider"])
+        # The Python op computes with PyTorch's own threads; ORT's pool threads spinning for work next to
+        # them would take the same cores (phase4 forward at 768x512 on 2 cores: 7.8 s -> see README).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.register_custom_ops_library(get_library_path())
+    if graph is None:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # a rewritten graph comes as bytes; its weights stay in the folder's weights.bin (or where it links to)
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_folder))
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeRunner(ExportRunner):
