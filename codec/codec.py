@@ -174,7 +174,7 @@ _ALLOCATION_FAILURES = ("can't allocate memory", "out of memory")
 
 
 @contextlib.contextmanager
-def _memory_for(height: int, width: int) -> Iterator[None]:
+def memory_for(height: int, width: int) -> Iterator[None]:
     """Report a failed allocation while coding a ``height`` x ``width`` (padded) image as a CodingError
     saying what to do, instead of the allocator's traceback."""
     try:
@@ -283,7 +283,7 @@ class Codec:
         height, width = x.shape[-2:]
         threads = config.coder_threads()
         with torch.no_grad(), deterministic_precision(self.device), \
-                _memory_for(*padded_size(int(height), int(width), self.alignment)), \
+                memory_for(*padded_size(int(height), int(width), self.alignment)), \
                 StreamEncoder(tables.z, threads=threads, overlap=True, clock=self.clock) as z_coder, \
                 StreamEncoder(tables.y, tables.buckets, GuardWriter(guard_epsilon, tables.scale_table),
                               threads=threads, overlap=True, clock=self.clock) as y_coder:
@@ -323,7 +323,7 @@ class Codec:
         the decoder's last stage, and the encoder's own reconstruction when given its ``y_hat``."""
         padded = (y_hat.shape[-2] * Y_STRIDE, y_hat.shape[-1] * Y_STRIDE)
         with torch.no_grad(), deterministic_precision(self.device), self.clock.section("synthesis"), \
-                _memory_for(*padded):
+                memory_for(*padded):
             return self.networks.g_s(y_hat).clamp(0.0, 1.0)[..., :height, :width]
 
     def check_header(self, header: bitstream.Header, streams: list[bytes]) -> None:
@@ -390,7 +390,7 @@ class Codec:
                           BackendMismatchWarning, stacklevel=2)
         tables = self.parameters.tables
         ph, pw = header.height + header.pad_bottom, header.width + header.pad_right
-        with torch.no_grad(), deterministic_precision(self.device), _memory_for(ph, pw):
+        with torch.no_grad(), deterministic_precision(self.device), memory_for(ph, pw):
             with section("entropy_coding"):
                 z_dec, y_dec = self._stream_decoders(header, streams)
                 z_shape = torch.Size((1, tables.z.count, ph // Z_STRIDE, pw // Z_STRIDE))

@@ -43,15 +43,39 @@ class Curve:
         return None if self.ms_ssim is None else tuple(ms_ssim_db(v) for v in self.ms_ssim)
 
 
+MAX_RESULT_BYTES = 16 << 20  # a result file holds a few lists of numbers; larger is not one
+MAX_METRIC = 1e6  # bpp, PSNR and MS-SSIM of any image lie far inside; beyond, no figure axis can be drawn
+
+
+def _number(value: object) -> float:
+    """A metric value: a number, or null or a non-finite number for one not measured (NaN, left out
+    of the deltas and the figure)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+        raise TypeError(value)
+    if value is None or not math.isfinite(value):
+        return math.nan
+    if abs(value) > MAX_METRIC:
+        raise TypeError(value)
+    return float(value)
+
+
 def read_curve(path: Path) -> Curve:
-    """A result file in CompressAI's layout (``results`` with ``bpp`` and ``psnr-rgb``)."""
+    """A result file in CompressAI's layout (``results`` with ``bpp`` and ``psnr-rgb``, lists of
+    numbers or nulls of one length); anything else is a ``ResultsError`` naming the file and what is wrong."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ResultsError(f"{path} is not a regular file (a folder, device or pipe), not a result file")
     try:
-        raw = json.loads(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_RESULT_BYTES + 1)
+        if len(data) > MAX_RESULT_BYTES:
+            raise ResultsError(f"{path}: larger than {MAX_RESULT_BYTES >> 20} MiB, not a result file")
+        raw = json.loads(data.decode("utf-8"))
     except FileNotFoundError as exc:
         raise ResultsError(f"{path}: no such file") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ResultsError(f"{path}: not a JSON result file ({exc})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+        raise ResultsError(f"{path}: not a JSON result file ({reason})") from exc
     results = raw.get("results", raw) if isinstance(raw, dict) else None
     if not isinstance(results, dict) or "bpp" not in results or "psnr-rgb" not in results:
         raise ResultsError(f"{path}: expected CompressAI's layout, results.bpp and results.psnr-rgb")
@@ -60,12 +84,18 @@ def read_curve(path: Path) -> Curve:
         if key not in results:
             return None
         column = results[key]
-        if not isinstance(column, list) or len(column) != len(results["bpp"]):
+        if not isinstance(column, list):
+            raise ResultsError(f"{path}: results.{key} must be a list of numbers")
+        if len(column) != len(results["bpp"]):
             raise ResultsError(f"{path}: results.{key} must be a list as long as results.bpp")
-        return tuple(math.nan if v is None else float(v) for v in column)
+        try:
+            return tuple(_number(v) for v in column)
+        except TypeError as exc:
+            raise ResultsError(f"{path}: results.{key} holds {str(exc.args[0])[:40]!r}; its values must be numbers "
+                               f"within +-{MAX_METRIC:g} (or null)") from None
 
-    return Curve(name=str(raw.get("name", path.stem)), bpp=values("bpp"), psnr=values("psnr-rgb"),
-                 ms_ssim=values("ms-ssim-rgb"), source=str(path), description=str(raw.get("description", "")))
+    return Curve(name=str(raw.get("name", path.stem))[:200], bpp=values("bpp"), psnr=values("psnr-rgb"),
+                 ms_ssim=values("ms-ssim-rgb"), source=str(path), description=str(raw.get("description", ""))[:2000])
 
 
 def anchor_curves(folder: Path) -> dict[str, Curve]:
@@ -108,8 +138,11 @@ def _delta(function_name: str, ref_rate, ref_quality, rate, quality) -> Delta:  
         return Delta(None, 0.0, "the curves do not overlap")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the package warns below 75 % overlap; the table reports it
-        value = getattr(bjontegaard, function_name)(ref[0], ref[1], test[0], test[1], BD_METHOD,
-                                                    require_matching_points=False)
+        try:
+            value = getattr(bjontegaard, function_name)(ref[0], ref[1], test[0], test[1], BD_METHOD,
+                                                        require_matching_points=False)
+        except (ValueError, ArithmeticError) as exc:  # e.g. values so large that the interpolation overflows
+            return Delta(None, overlap, f"not computable from these points: {exc}")
     return Delta(float(value), overlap)
 
 

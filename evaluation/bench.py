@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from hpcm.child import child_main, run_child
+from hpcm.codec.codec import memory_for, padded_size
+from hpcm.codec.images import check_pixel_count, pixel_limit
 from hpcm.config import DEFAULT_VARIANT, coder_threads
 from hpcm.errors import ConfigError, HPCMError
-from hpcm.files import atomic_output, check_output
+from hpcm.files import Output, atomic_output, check_outputs
 from hpcm.models.variants import VariantSpec, get_variant
 from hpcm.runtime.session import CodecRequest, check_backend, resolve
 
@@ -40,13 +41,15 @@ CODING = "entropy_coding"
 
 
 class BenchError(HPCMError, RuntimeError):
-    """A benchmark configuration that failed in its process."""
+    """A measurement this system cannot make."""
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """One measured configuration; ``variant`` is a ``VariantSpec.to_dict()`` (None with ``export``);
-    ``checkpoint``: its weights (None: seeded); ``seed``: of the untrained weights (None: the default seed)."""
+    ``checkpoint``: its weights (None: seeded); ``seed``: of the untrained weights (None: the default
+    seed); ``max_pixels``: the codec's pixel limit (None: the configured one), which the size was
+    checked against when planned."""
 
     name: str
     width: int
@@ -59,6 +62,7 @@ class BenchConfig:
     warmup: int = 1
     repeats: int = 3
     seed: Optional[int] = None
+    max_pixels: Optional[int] = None
 
     @property
     def size(self) -> str:
@@ -92,8 +96,6 @@ def _peak_resident_bytes() -> int:
 
 def measure(config: BenchConfig) -> dict:
     """Run ``config`` in this process (``run_configuration`` runs it in a fresh one)."""
-    from hpcm.codec.codec import padded_size
-    from hpcm.config import max_pixels
     from hpcm.runtime.runners import runner_class
     from hpcm.runtime.session import open_codec
 
@@ -102,14 +104,13 @@ def measure(config: BenchConfig) -> dict:
                            export=config.export, variant=variant, backend=config.backend, seed=config.seed)
     # seeded weights time as trained ones do (see the module's docstring): no notice
     source = resolve(request, need_model=config.backend == "eager", announce=False)
-    image = smooth_image(config.height, config.width)
+    with memory_for(config.height, config.width):
+        image = smooth_image(config.height, config.width)
     device = runner_class(request.backend_name).resolve_device(config.device)
     cuda = device.type == "cuda"
     timeline = StageTimeline(device)
-    # the size was chosen on purpose: the pixel limit that guards against hostile inputs is raised to it
-    padded_height, padded_width = padded_size(config.height, config.width, source.parameters.alignment)
     given = CodecRequest(model=source.model, export=source.export, backend=config.backend, device=str(device),
-                         max_pixels=max(max_pixels(), padded_height * padded_width))
+                         max_pixels=config.max_pixels)
     with open_codec(given, clock=timeline) as session:
         codec = session.codec
         if cuda:
@@ -154,14 +155,9 @@ def measure(config: BenchConfig) -> dict:
 
 
 def run_configuration(config: BenchConfig) -> dict:
-    """``measure(config)`` in a fresh Python process; its notices pass through to stderr."""
-    process = subprocess.run([sys.executable, "-m", "hpcm.evaluation.bench"], input=json.dumps(asdict(config)),
-                             capture_output=True, text=True)
-    sys.stderr.write(process.stderr)
-    if process.returncode != 0:
-        last = (process.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"the {config.name} {config.size} {config.backend} configuration failed: {last}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+    """``measure(config)`` in a fresh Python process (``hpcm.child``: its failure is one line)."""
+    return run_child("hpcm.evaluation.bench", asdict(config),
+                     f"the {config.name} {config.size} {config.backend} configuration")
 
 
 # ---------------------------------------------------------------------- reports
@@ -279,9 +275,12 @@ class BenchFiles:
     figure: Path
 
     @classmethod
-    def checked(cls, output: Path) -> "BenchFiles":
-        """The three files of ``output``, each checked writable before any work starts."""
-        return cls(*(check_output(p) for p in (output, output.with_suffix(".md"), output.with_suffix(".png"))))
+    def checked(cls, output: Path, inputs: Sequence[Path] = ()) -> "BenchFiles":
+        """The three files of ``output``, checked before any work starts (``hpcm.files.check_outputs``:
+        writable, none an input, no two the same)."""
+        return cls(*check_outputs([Output(output, role="the JSON report"),
+                                   Output(output.with_suffix(".md"), role="the Markdown tables beside -o"),
+                                   Output(output.with_suffix(".png"), role="the stage figure beside -o")], inputs))
 
 
 @dataclass(frozen=True)
@@ -297,10 +296,13 @@ class BenchPlan:
 def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence[tuple[int, int]],
                backend: Optional[str] = None, device: Optional[str] = None, warmup: int = 1, repeats: int = 3,
                compare: Optional[str] = None, ablate: Optional[str] = None,
-               checkpoint: Optional[Path] = None) -> BenchPlan:
+               checkpoint: Optional[Path] = None, max_pixels: Optional[int] = None) -> BenchPlan:
     """Every variant (seeded; default ``DEFAULT_VARIANT``), the model of ``checkpoint`` or every export
     folder at every size (width, height) on ``backend``; with ``ablate`` (``ablation.ABLATIONS``) also
-    each one-part change of the first variant, compared with it unless ``compare`` names another."""
+    each one-part change of the first variant, compared with it unless ``compare`` names another. Every
+    option is checked here, before anything is measured: the backend and device, ``compare``, and every
+    size (padded to its variant's alignment) against the pixel limit ``max_pixels`` (None: the
+    configured one)."""
     from .ablation import ablation_variants
 
     if exports and (variants or ablate or checkpoint):
@@ -309,7 +311,8 @@ def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence
     if checkpoint is not None and (ablate or len(variants) > 1):
         raise ConfigError("--checkpoint benches its own model: it excludes --ablate and more than one --variant")
     backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
-    check_backend(backend, has_export=bool(exports))
+    check_backend(backend, has_export=bool(exports), device=device)
+    limit = pixel_limit(max_pixels)
     if checkpoint is not None:
         request = CodecRequest(checkpoint=checkpoint, variant=variants[0] if variants else None)
         specs = [resolve(request, need_model=True, tables=False, announce=False).model.spec]
@@ -324,9 +327,15 @@ def bench_plan(variants: Sequence[str], exports: Sequence[Path], sizes: Sequence
     for width, height in sizes:
         configurations += [BenchConfig(spec.name, width, height, backend, device, variant=spec.to_dict(),
                                        checkpoint=None if checkpoint is None else str(checkpoint),
-                                       warmup=warmup, repeats=repeats) for spec in specs]
+                                       warmup=warmup, repeats=repeats, max_pixels=limit) for spec in specs]
         configurations += [BenchConfig(export.variant.name, width, height, backend, device, export=str(path),
-                                       warmup=warmup, repeats=repeats) for path, export in folders.items()]
+                                       warmup=warmup, repeats=repeats, max_pixels=limit)
+                           for path, export in folders.items()]
+    alignments = {spec.name: spec.alignment for spec in specs}
+    alignments.update({export.variant.name: export.manifest.alignment for export in folders.values()})
+    for c in configurations:
+        check_pixel_count(f"--size {c.size} ({c.name})", c.height, c.width, limit,
+                          padded_size(c.height, c.width, alignments[c.name]))
     names = sorted({c.name for c in configurations})
     if compare is not None and compare not in names:
         raise ConfigError(f"--compare {compare!r} is not among the benched variants ({', '.join(names)})")
@@ -359,11 +368,5 @@ def run_bench(plan: BenchPlan, files: BenchFiles, macs: bool = True, progress: b
     return table
 
 
-def _worker() -> None:
-    config = BenchConfig(**json.loads(sys.stdin.read()))
-    result = measure(config)
-    sys.stdout.write(json.dumps(result) + "\n")
-
-
 if __name__ == "__main__":
-    _worker()
+    child_main(lambda payload: measure(BenchConfig(**payload)))

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from hpcm.errors import HPCMError
+from hpcm.errors import ConfigError, HPCMError
 
 
 class CodecUnavailableError(HPCMError, RuntimeError):
@@ -41,6 +41,14 @@ class ClassicalCodec:
     feature: Optional[str] = None  # PIL.features name that must be present
     package: Optional[str] = None  # PyPI package that provides the codec
     register: Optional[Callable[[], None]] = None  # makes the format known to Pillow
+    quality_range: tuple[int, int] = (0, 100)  # what its encoder accepts (Pillow clamps JPEG's silently)
+
+    def check_quality(self, quality: int) -> int:
+        """``quality`` when the codec takes it, else a ConfigError naming the range."""
+        low, high = self.quality_range
+        if not low <= quality <= high:
+            raise ConfigError(f"--quality {quality}: {self.title} takes qualities {low}..{high}")
+        return quality
 
     def library(self) -> str:
         """The codec library and its version, for the result's description."""
@@ -95,7 +103,8 @@ CLASSICAL_CODECS: dict[str, ClassicalCodec] = {
         ClassicalCodec("jpeg", "JPEG", "JPEG", _SWEEP, feature="jpg"),
         ClassicalCodec("webp", "WebP", "WEBP", _SWEEP, feature="webp"),
         ClassicalCodec("avif", "AVIF", "AVIF", _SHORT_SWEEP, feature="avif"),
-        ClassicalCodec("jxl", "JPEG XL", "JXL", _SHORT_SWEEP, package="pillow-jxl-plugin", register=_register_jxl),
+        ClassicalCodec("jxl", "JPEG XL", "JXL", _SHORT_SWEEP, package="pillow-jxl-plugin", register=_register_jxl,
+                       quality_range=(0, 99)),  # its encoder refuses 100
         ClassicalCodec("heic", "HEVC intra (HEIF)", "HEIF", _SHORT_SWEEP, package="pillow-heif",
                        register=_register_heif),
     )

@@ -6,7 +6,8 @@ back. Per image: bpp (all bytes written, header included, over the original H*W)
 on 8-bit RGB (``metrics``), encoding and decoding time (waiting for the GPU), and for the learned
 codec the largest difference between the decoded image and the model's eval-mode forward x_hat, on
 the runners that have the whole-model ``forward`` graph (eager always; an export made with --forward).
-Rows go to a ``RowJournal`` as they complete, so a rerun skips what is done.
+Rows go to a ``RowJournal`` as they complete, keyed by rate point and image content, so a rerun
+skips what is done.
 
 The work is (rate point, image) tasks for an ``EvalWorker``: in this process, one image at a time on
 all of PyTorch's threads (the timings of a local run), or with ``--ray`` on Ray actors
@@ -15,7 +16,8 @@ travel with them). Either way this process writes the same journal and result fi
 
 The command's orchestration is here too: ``learned_plan``/``classical_plan`` turn what was asked for
 into rate points, ``evaluate_images`` measures them on a folder and writes the result files
-(``ResultFiles``, checked before any work); the CLI parses options and prints ``summary_table``.
+(``ResultFiles``, checked before any work: writable, none an input, no two the same); the CLI parses
+options and prints ``summary_table``.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ import torch
 from hpcm.codec import Codec, pad_image
 from hpcm.codec.codec import deterministic_precision
 from hpcm.codec.images import image_files, psnr_rgb8, read_image, synthetic_images, to_8bit, to_tensor, to_uint8
-from hpcm.digests import file_sha256
+from hpcm.config import DEFAULT_VARIANT
+from hpcm.digests import document_digest, file_sha256
 from hpcm.errors import ConfigError, HPCMError, ImageError, one_line
-from hpcm.files import check_output
+from hpcm.files import Output, check_outputs, exclusive
 from hpcm.log import LOG, OnceEach, collect_notices
+from hpcm.models.variants import get_variant
 from hpcm.runtime.session import CodecRequest, check_backend, resolve, untrained
 from hpcm.runtime.workers import CodecSource, Placement, open_pool, place, ship, stream
 
 from .classical import CLASSICAL_CODECS, ClassicalCodec, from_uint8_image
 from .metrics import ms_ssim_rgb8
-from .results import RowJournal, result_document, row_paths, write_csv, write_json
+from .results import RowJournal, RowKey, result_document, row_key, row_paths, write_csv, write_json
 from .timing import stopwatch
 
 
@@ -142,8 +146,8 @@ def learned_point(key: str, label: str, request: CodecRequest, compare_forward: 
     return RatePoint(key, label, LearnedCoderSource(CodecSource(request), compare_forward))
 
 
-def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) -> dict:
-    """The row of one image at one rate point."""
+def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor, image_sha256: str) -> dict:
+    """The row of one image (named ``image``, its file's SHA-256 ``image_sha256``) at one rate point."""
     with stopwatch(coder.device) as encoding:
         data = coder.encode(x)
     with stopwatch(coder.device) as decoding:
@@ -151,12 +155,24 @@ def measure_image(coder: ImageCoder, point: str, image: str, x: torch.Tensor) ->
     reference = coder.forward_x_hat(x)
     height, width = x.shape[-2:]
     return {
-        "point": point, "image": image, "width": int(width), "height": int(height), "bytes": len(data),
+        "point": point, "image": image, "image_sha256": image_sha256, "width": int(width), "height": int(height),
+        "bytes": len(data),
         "bpp": 8.0 * len(data) / (height * width),
         "psnr_rgb": psnr_rgb8(x, x_hat), "ms_ssim_rgb": ms_ssim_rgb8(x, x_hat),
         "encoding_time": encoding[0], "decoding_time": decoding[0],
         "forward_max_diff": None if reference is None else float((to_8bit(reference) - to_8bit(x_hat)).abs().max()),
     }
+
+
+def image_digests(images: Sequence[Path]) -> dict[Path, str]:
+    """The SHA-256 of every image file that can be read (one that cannot is skipped with a notice)."""
+    digests = {}
+    for path in images:
+        try:
+            digests[path] = file_sha256(path)
+        except OSError as exc:
+            LOG.warning(f"skipping {path}: {exc.strerror or exc}")
+    return digests
 
 
 def _warm_up(coder: ImageCoder) -> None:
@@ -168,7 +184,8 @@ def _warm_up(coder: ImageCoder) -> None:
 @dataclass(frozen=True)
 class EvalTask:
     point: str  # RatePoint.key
-    path: str  # the image, as it names it in messages; its name is its journal key
+    path: str  # the image, as it names it in messages; its name and digest are its journal key
+    digest: str  # the file's SHA-256 (image_digests)
     data: bytes
 
 
@@ -212,7 +229,7 @@ class EvalWorker:
                 failure, unreadable = one_line(str(exc)), True
             else:
                 try:
-                    row = measure_image(coder, task.point, Path(task.path).name, x)
+                    row = measure_image(coder, task.point, Path(task.path).name, x, task.digest)
                 except HPCMError as exc:
                     failure = one_line(str(exc))
         return EvalResult(task, row, failure, unreadable, tuple(notices))
@@ -235,16 +252,19 @@ def local_placement() -> Placement:
 
 
 def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJournal, progress: bool = True,
-             placement: Optional[Placement] = None) -> None:
+             placement: Optional[Placement] = None, digests: Optional[dict[Path, str]] = None) -> None:
     """Measure every image at every point that the journal does not hold yet, appending each row as it
-    arrives (``placement``: on Ray actors; default ``local_placement()``)."""
+    arrives (``placement``: on Ray actors, default ``local_placement()``; ``digests``: the images'
+    ``image_digests``, computed when not given)."""
     from tqdm import tqdm
 
     placement = placement or local_placement()
+    digests = image_digests(images) if digests is None else digests
+    readable = [p for p in images if p in digests]
     done = journal.done()
-    todo = [(point, path) for point in points for path in images if (point.key, path.name) not in done]
-    if len(todo) < len(points) * len(images):
-        LOG.info(f"{journal.path} already holds {len(points) * len(images) - len(todo)} of the rows; "
+    todo = [(point, path) for point in points for path in readable if (point.key, digests[path], path.name) not in done]
+    if len(todo) < len(points) * len(readable):
+        LOG.info(f"{journal.path} already holds {len(points) * len(readable) - len(todo)} of the rows; "
                  f"measuring the other {len(todo)}")
     if not todo:
         return
@@ -261,7 +281,7 @@ def evaluate(points: Sequence[RatePoint], images: Sequence[Path], journal: RowJo
                     bar.update()
                     continue
                 try:
-                    yield EvalTask(point.key, str(path), path.read_bytes())
+                    yield EvalTask(point.key, str(path), digests[path], path.read_bytes())
                 except OSError as exc:
                     unreadable.add(str(path))
                     LOG.warning(f"skipping {path}: cannot read it ({exc.strerror or exc})")
@@ -311,9 +331,10 @@ class Plan:
 
 
 def classical_plan(name: str, qualities: Optional[Sequence[int]] = None) -> Plan:
-    """A classical codec (``CLASSICAL_CODECS``) at ``qualities`` (default: its sweep)."""
+    """A classical codec (``CLASSICAL_CODECS``) at ``qualities`` (default: its sweep; each checked
+    against the codec's range before any work)."""
     codec = CLASSICAL_CODECS[name]
-    values = list(qualities or codec.qualities)
+    values = [codec.check_quality(q) for q in qualities or codec.qualities]
     library = codec.library()
     return Plan(classical_points(codec, values), {"codec": name, "library": library},
                 f"{codec.title} ({library.split(',')[0]})",
@@ -327,7 +348,7 @@ def learned_plan(checkpoints: Sequence[Path], exports: Sequence[Path], variant: 
     if exports and (checkpoints or variant):
         raise ConfigError("--export excludes --checkpoint and --variant: an export holds its weights and variant")
     backend = CodecRequest(export=exports[0] if exports else None, backend=backend).backend_name
-    check_backend(backend, has_export=bool(exports))
+    check_backend(backend, has_export=bool(exports), device=device)
     points = []
     for path in checkpoints:
         request = CodecRequest(checkpoint=path, variant=variant, backend=backend, device=device)
@@ -342,8 +363,10 @@ def learned_plan(checkpoints: Sequence[Path], exports: Sequence[Path], variant: 
     if not points:
         request = CodecRequest(variant=variant, backend=backend, device=device)
         seeded = untrained(request)
-        points.append(learned_point(f"untrained-{seeded.variant}-seed{seeded.seed}", f"{seeded.variant} (untrained)",
-                                    request, forward_check))
+        # the spec's digest: two variant files of one name are two networks
+        spec = document_digest(get_variant(variant or DEFAULT_VARIANT).to_dict()).hexdigest()[:16]
+        points.append(learned_point(f"untrained-{seeded.variant}-{spec}-seed{seeded.seed}",
+                                    f"{seeded.variant} (untrained)", request, forward_check))
         what = f"UNTRAINED seeded {seeded.variant} (seed {seeded.seed}: random weights, meaningless R-D)"
         name = f"{seeded.variant} (untrained, seed {seeded.seed})"
     return Plan(points, {"backend": backend, "device": device or "default"}, name,
@@ -359,10 +382,13 @@ class ResultFiles:
     csv: Path
 
     @classmethod
-    def checked(cls, output: Path) -> "ResultFiles":
-        """The files of result file ``output``, each checked writable before any work starts."""
+    def checked(cls, output: Path, inputs: Sequence[Path] = ()) -> "ResultFiles":
+        """The files of result file ``output``, checked before any work starts
+        (``hpcm.files.check_outputs``: writable, none of ``inputs``, no two the same)."""
         journal, table = row_paths(output)
-        return cls(*(check_output(path) for path in (output, journal, table)))
+        return cls(*check_outputs([Output(output, role="the result JSON"),
+                                   Output(journal, role="the row journal beside -o"),
+                                   Output(table, role="the per-image CSV beside -o")], inputs))
 
 
 def image_paths(images: Path, limit: Optional[int] = None) -> list[Path]:
@@ -391,22 +417,27 @@ def evaluate_images(plan: Plan, images: Path, paths: Sequence[Path], files: Resu
                     progress: bool = True, ray_address: Optional[str] = None, workers: Optional[int] = None,
                     threads: Optional[int] = None) -> Outcome:
     """Measure ``plan`` on the images ``paths`` of ``images`` (``image_paths``), resuming from the
-    journal, and write the result files; with ``ray_address``, on Ray actors (``runtime.workers.place``)."""
-    journal = RowJournal(files.journal, plan.setup)
-    placement = None
-    if ray_address is not None:
-        placement = place(plan.device, plan.backend, workers, threads, ray_address)
-    evaluate(plan.points, paths, journal, progress=progress, placement=placement)
-    names, keys = {p.name for p in paths}, [p.key for p in plan.points]
-    rows = [r for r in journal.rows if r["image"] in names and r["point"] in set(keys)]
-    if not rows:
-        raise ImageError(f"no image of {images} could be coded; nothing written")
-    description = f"{plan.description}; {len({r['image'] for r in rows})} images from {images}"
-    if plan.learned:
-        description += f"; {forward_check_summary(rows)}"
-    document = result_document(name or plan.name, description, keys, rows, plan.setup)
-    write_json(files.json, document)
-    write_csv(files.csv, [r for key in keys for r in rows if r["point"] == key])
+    journal, and write the result files; with ``ray_address``, on Ray actors (``runtime.workers.place``).
+    One process at a time writes an output (a second is refused at once)."""
+    with exclusive(files.json):
+        journal = RowJournal(files.journal, plan.setup)
+        placement = None
+        if ray_address is not None:
+            placement = place(plan.device, plan.backend, workers, threads, ray_address)
+        digests = image_digests(paths)
+        evaluate(plan.points, paths, journal, progress=progress, placement=placement, digests=digests)
+        keys = [p.key for p in plan.points]
+        wanted: set[RowKey] = {(key, digests[p], p.name) for key in keys for p in paths if p in digests}
+        rows = [r for r in journal.rows if row_key(r) in wanted]
+        if not rows:
+            raise ImageError(f"no image of {images} could be coded; nothing written")
+        measured = len({(r["image_sha256"], r["image"]) for r in rows})
+        description = f"{plan.description}; {measured} images from {images}"
+        if plan.learned:
+            description += f"; {forward_check_summary(rows)}"
+        document = result_document(name or plan.name, description, keys, rows, plan.setup)
+        write_json(files.json, document)
+        write_csv(files.csv, [r for key in keys for r in rows if r["point"] == key])
     return Outcome(document, {p.key: p.label for p in plan.points}, len(rows))
 
 

@@ -3,7 +3,8 @@ anchors, the BD reference) and the R-D figure, PSNR and MS-SSIM (dB) against bpp
 curves over the anchors.
 
 Drawn with matplotlib's object API (``Figure`` + its Agg canvas): no pyplot, no display, no global
-backend choice. The file type follows the output's suffix (.png, .svg, .pdf).
+backend choice. The file type follows the output's suffix (``FIGURE_FORMATS``), checked with the
+other outputs before any work (``PlotFiles``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,32 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcm import config
-from hpcm.files import atomic_output
+from hpcm.files import Output, atomic_output, check_outputs
 from hpcm.log import LOG
 
 from .bd import Curve, ResultsError, anchor_curves, bd_table, markdown_table, read_curve
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotFiles:
+    """Where ``hpcm plot`` writes: the figure (``-o``) and the BD table (``--table``), each optional."""
+
+    figure: Optional[Path]
+    table: Optional[Path]
+
+    @classmethod
+    def checked(cls, figure: Optional[Path], table: Optional[Path], inputs: Sequence[Path] = ()) -> "PlotFiles":
+        """Checked before any work (``hpcm.files.check_outputs``: writable, none an input, not the same
+        file), the figure's suffix one of ``FIGURE_FORMATS``."""
+        if figure is not None and figure.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+            raise ResultsError(f"-o {figure}: the figure's format follows its suffix; end it with "
+                               f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
+        outputs = [Output(figure, "-o", "the figure -o"), Output(table, "--table", "the BD table --table")]
+        check_outputs([o for o in outputs if o.path is not None], inputs)
+        return cls(figure, table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +51,13 @@ class Comparison:
     reference: Curve
     table: str
 
-    def write(self, figure: Optional[Path] = None, table: Optional[Path] = None, title: str = "",
-              inputs: Sequence[Path] = ()) -> None:
-        """The figure (by its suffix) and the Markdown table, where asked, never over one of ``inputs``."""
-        if table is not None:
-            with atomic_output(table, inputs=inputs) as tmp:
+    def write(self, files: PlotFiles, title: str = "") -> None:
+        """The figure (by its suffix) and the Markdown table, where ``files`` (checked) asks for them."""
+        if files.table is not None:
+            with atomic_output(files.table, option="--table") as tmp:
                 tmp.write_text(self.table + "\n")
-        if figure is not None:
-            rd_figure(self.curves, self.anchors, figure, title=title, reference=self.reference)
+        if files.figure is not None:
+            rd_figure(self.curves, self.anchors, files.figure, title=title, reference=self.reference)
 
 
 def _published(anchors: Optional[Path]) -> tuple[Path, dict[str, Curve]]:
@@ -118,4 +140,4 @@ def rd_figure(curves: Sequence[Curve], anchors: Sequence[Curve], output: Path, t
         figure.suptitle(title)
     output = Path(output)
     with atomic_output(output) as tmp:
-        figure.savefig(tmp, format=output.suffix.lstrip(".") or "png", dpi=110)
+        figure.savefig(tmp, format=output.suffix.lower().lstrip(".") or "png", dpi=110)

@@ -6,8 +6,12 @@
   each the mean over the images; ``points`` and ``setup`` are extra keys such readers ignore.
 * ``OUT.rows.jsonl``: the journal, one JSON row per (rate point, image) appended and flushed to disk
   as soon as the image is done; a rerun reads it and skips what it holds, so an interrupted run goes
-  on where it stopped. Its first line records the setup (backend, device); a rerun with another setup
-  is refused rather than mixed into the same file.
+  on where it stopped. A row is keyed by its rate point (a digest of the weights, or the codec and
+  quality) and its image's content (SHA-256) and name, so rows of another image of the same name
+  (another folder given with the same -o) are never taken for this one's. The first line records the
+  format and the setup (backend, device); a rerun with another setup is refused rather than mixed
+  into the same file, and so is a file that is not such a journal (it is never truncated). One
+  process at a time writes it (``hpcm.files.exclusive`` on -o, taken by ``evaluate_images``).
 * ``OUT.csv``: the same rows as a table, written atomically at the end.
 """
 
@@ -27,14 +31,43 @@ from hpcm.files import atomic_output
 RESULT_METRICS = ("psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time", "decoding_time")
 ROW_METRICS = {"psnr-rgb": "psnr_rgb", "ms-ssim-rgb": "ms_ssim_rgb", "bpp": "bpp",
                "encoding_time": "encoding_time", "decoding_time": "decoding_time"}
-ROW_FIELDS = ("point", "image", "width", "height", "bytes", "bpp", "psnr_rgb", "ms_ssim_rgb", "encoding_time",
-              "decoding_time", "forward_max_diff")
+ROW_FIELDS = ("point", "image", "image_sha256", "width", "height", "bytes", "bpp", "psnr_rgb", "ms_ssim_rgb",
+              "encoding_time", "decoding_time", "forward_max_diff")
+_TEXT_FIELDS = ("point", "image", "image_sha256")
+_OPTIONAL_FIELDS = ("ms_ssim_rgb", "forward_max_diff")  # None where not measured
+
+JOURNAL_FORMAT = "hpcm-eval-rows"
+# 2: rows keyed by their image's SHA-256 as well as its name (1 keyed them by the name only).
+JOURNAL_VERSION = 2
+MAX_JOURNAL_BYTES = 64 << 20  # about 200,000 rows; a larger file is not one of our journals
+
+RowKey = tuple[str, str, str]
+
+
+def row_key(row: dict) -> RowKey:
+    """What identifies a row: its rate point, its image's SHA-256 and name."""
+    return row["point"], row["image_sha256"], row["image"]
 
 
 def row_paths(output: Path) -> tuple[Path, Path]:
     """The journal and the CSV that go with result file ``output``."""
     stem = output.with_suffix("")
     return stem.with_name(stem.name + ".rows.jsonl"), stem.with_name(stem.name + ".csv")
+
+
+def _is_row(record: object) -> bool:
+    """Whether ``record`` is a row as ``measure_image`` writes it (text keys, numeric metrics)."""
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), str) for k in _TEXT_FIELDS):
+        return False
+    for name in ROW_FIELDS:
+        if name in _TEXT_FIELDS:
+            continue
+        value = record.get(name)
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+    return True
 
 
 class RowJournal:
@@ -44,34 +77,56 @@ class RowJournal:
         self.path = Path(path)
         self.setup = setup
         self.rows: list[dict] = []
-        if self.path.exists():
+        if self.path.exists() and self.path.stat().st_size > 0:
             self._read()
         else:
-            self._append({"setup": setup})
+            self._append(self._header())
+
+    def _header(self) -> dict:
+        return {"journal": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "setup": self.setup}
+
+    def _refuse(self, why: str) -> OutputError:
+        return OutputError(f"{self.path} {why}: choose another -o, or delete it to measure again")
+
+    def _check_header(self, line: bytes) -> None:
+        try:
+            header = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+        if not isinstance(header, dict) or header.get("journal", JOURNAL_FORMAT) != JOURNAL_FORMAT \
+                or "setup" not in header:
+            raise self._refuse("is not a row journal of hpcm eval (its first line is not the journal's header)")
+        if header.get("version") != JOURNAL_VERSION:
+            raise self._refuse(f"is a row journal of another hpcm eval version ({header.get('version', 1)!r}; this "
+                               f"one writes {JOURNAL_VERSION}, keyed by each image's content)")
+        if header["setup"] != self.setup:
+            raise self._refuse(f"holds rows measured with {header['setup']}, not {self.setup}")
 
     def _read(self) -> None:
-        lines = self.path.read_bytes().split(b"\n")
-        valid = 0  # bytes of complete, parseable lines; a torn last line (killed mid-write) is cut off
-        for i, line in enumerate(lines):
+        if self.path.stat().st_size > MAX_JOURNAL_BYTES:
+            raise self._refuse(f"is larger than {MAX_JOURNAL_BYTES >> 20} MiB, too large to be a row journal")
+        data = self.path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]  # a last line without its newline was torn by a kill
+        lines = complete.split(b"\n")
+        self._check_header(lines[0] if complete else data)
+        seen: set[RowKey] = set()
+        for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
-                valid += len(line) + 1
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
-                if i >= len(lines) - 2:  # only the last line may be torn
-                    break
-                raise OutputError(f"{self.path}: line {i + 1} is not JSON; delete the file to start over") from None
-            if i == 0:
-                if record.get("setup") != self.setup:
-                    raise OutputError(f"{self.path} holds rows measured with {record.get('setup')}, not "
-                                      f"{self.setup}: choose another -o, or delete it to start over")
-            else:
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                record = None
+            if not _is_row(record):
+                raise self._refuse(f"line {number} is not a row of hpcm eval")
+            if row_key(record) not in seen:  # a row measured twice counts once
+                seen.add(row_key(record))
                 self.rows.append(record)
-            valid += len(line) + 1
-        if valid < sum(len(line) + 1 for line in lines) - 1:
+        if len(complete) < len(data):
             with self.path.open("r+b") as f:
-                f.truncate(valid)
+                f.truncate(len(complete))
+            if not complete:  # the header itself was torn
+                self._append(self._header())
 
     def _append(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
@@ -79,8 +134,8 @@ class RowJournal:
             f.flush()
             os.fsync(f.fileno())
 
-    def done(self) -> set[tuple[str, str]]:
-        return {(r["point"], r["image"]) for r in self.rows}
+    def done(self) -> set[RowKey]:
+        return {row_key(r) for r in self.rows}
 
     def append(self, row: dict) -> None:
         self._append(row)

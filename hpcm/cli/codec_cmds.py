@@ -62,7 +62,7 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
     from hpcm.files import atomic_output, check_output
     from hpcm.runtime.session import CodecRequest, open_codec
 
-    inputs = [image, checkpoint, export_dir]
+    inputs = [image, checkpoint, export_dir, variant]
     check_output(output, inputs)
     x = load_image(image, max_pixels)
     h, w = x.shape[-2:]
@@ -234,8 +234,9 @@ def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Opt
     from hpcm.runtime.mismatch import backend_codecs, count_mismatches
     from hpcm.runtime.session import CodecRequest
 
+    inputs = [checkpoint, export_dir, variant, image_folder(images)]
     if output is not None:
-        check_output(output, [checkpoint])
+        check_output(output, inputs)
     request = CodecRequest(checkpoint=checkpoint, export=export_dir, variant=variant)
     with backend_codecs(request, split_list((backends,))) as codecs:
         report = count_mismatches(codecs, load_folder(image_folder(images), limit, crop))
@@ -243,7 +244,7 @@ def mismatch(variant: Optional[str], checkpoint: Optional[Path], export_dir: Opt
     if output is None:
         click.echo(text)
     else:
-        with atomic_output(output, [checkpoint]) as tmp:
+        with atomic_output(output, inputs) as tmp:
             tmp.write_text(text)
         click.echo(f"wrote {output}")
 

@@ -38,8 +38,9 @@ def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Opt
     from hpcm.runtime.check import Tolerances, check_export
     from hpcm.runtime.session import CodecRequest, open_codec, resolve
 
+    inputs = [export_dir, checkpoint, image_folder(images)]
     if report_path is not None:
-        check_output(report_path, [checkpoint], option="--report")
+        check_output(report_path, inputs, option="--report")
     source = resolve(CodecRequest(export=export_dir, checkpoint=checkpoint), need_model=True)
     click.echo(source.export.describe())
     pictures = load_folder(image_folder(images), limit, crop)
@@ -64,7 +65,7 @@ def check(export_dir: Path, backend: str, device: Optional[str], checkpoint: Opt
     click.echo(f"  scale-index mismatches: {totals['mismatches']} of {totals['symbols']} symbols, "
                f"{totals['unguarded_mismatches']} outside the boundary guard")
     if report_path:
-        with atomic_output(report_path, [checkpoint], option="--report") as tmp:
+        with atomic_output(report_path, inputs, option="--report") as tmp:
             tmp.write_text(json.dumps(report, indent=2))
         click.echo(f"report: {report_path}")
     if not report["passed"]:

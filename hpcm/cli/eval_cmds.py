@@ -8,8 +8,8 @@ from typing import Optional
 
 import click
 
-from .options import (backend_option, checkpoint_option, device_option, split_list, variant_option,
-                      workers_options)
+from .options import (backend_option, checkpoint_option, device_option, max_pixels_option, split_list,
+                      variant_option, workers_options)
 
 CLASSICAL_NAMES = ("jpeg", "webp", "avif", "jxl", "heic")
 
@@ -60,8 +60,8 @@ def eval_cmd(images: Path, checkpoints: tuple[Path, ...], exports: tuple[Path, .
 
     if (workers or threads) and ray_address is None:
         raise click.UsageError("--workers and --threads go with --ray (a local eval measures one image at a time)")
-    files = ResultFiles.checked(output)
     paths = image_paths(images, limit)
+    files = ResultFiles.checked(output, inputs=[*paths, *checkpoints, *exports, variant])
     if classical is not None:
         if checkpoints or exports or variant or backend:
             raise click.UsageError("--codec measures a classical codec: it excludes --checkpoint, --export, "
@@ -100,15 +100,12 @@ def plot(results: tuple[Path, ...], anchors: Optional[Path], anchor_names: tuple
          output: Optional[Path], table_path: Optional[Path], title: str) -> None:
     """R-D figure (PSNR and MS-SSIM vs bpp) of RESULTS files (CompressAI JSON, e.g. from `hpcm eval`)
     over the published anchors, and a BD-rate / BD-PSNR table against --reference."""
-    from hpcm.evaluation.plot import compare_curves
-    from hpcm.files import check_output
+    from hpcm.evaluation.plot import PlotFiles, compare_curves
 
-    for path in (output, table_path):
-        if path is not None:
-            check_output(path, inputs=results)
+    files = PlotFiles.checked(output, table_path, inputs=[*results, anchors])
     comparison = compare_curves(results, anchors, split_list(anchor_names), reference)
     click.echo(comparison.table)
-    comparison.write(output, table_path, title, inputs=results)
+    comparison.write(files, title)
     if output is not None:
         click.echo(f"wrote {output}")
 
@@ -131,6 +128,7 @@ def _parse_size(text: str) -> tuple[int, int]:
               help="image sizes WIDTHxHEIGHT (comma-separated or repeated)")
 @backend_option
 @device_option
+@max_pixels_option
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
               help="timed encode+decode runs per configuration")
 @click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0), help="untimed runs first")
@@ -145,8 +143,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="JSON report; OUT.md (Markdown tables) and OUT.png (time per stage) are written beside it")
 def bench(variants: tuple[str, ...], exports: tuple[Path, ...], checkpoint: Optional[Path], sizes: tuple[str, ...],
-          backend: Optional[str], device: Optional[str], repeats: int, warmup: int, compare: Optional[str],
-          ablate: Optional[str], macs: bool, output: Path) -> None:
+          backend: Optional[str], device: Optional[str], max_pixels: Optional[int], repeats: int, warmup: int,
+          compare: Optional[str], ablate: Optional[str], macs: bool, output: Path) -> None:
     """Encoding and decoding latency per stage (analysis, hyper, s1/s2/s3 steps, transitions, entropy
     coding, synthesis), peak memory, parameters and MACs per pixel, for each variant (or export) x
     size, each in a fresh process.
@@ -158,9 +156,10 @@ def bench(variants: tuple[str, ...], exports: tuple[Path, ...], checkpoint: Opti
     CUDA allocator's peak; GPU times are CUDA events."""
     from hpcm.evaluation.bench import BenchFiles, bench_plan, run_bench
 
-    files = BenchFiles.checked(output)
+    files = BenchFiles.checked(output, inputs=[*exports, *split_list(variants), checkpoint])
     plan = bench_plan(split_list(variants), exports, [_parse_size(s) for s in split_list(sizes)], backend, device,
-                      warmup=warmup, repeats=repeats, compare=compare, ablate=ablate, checkpoint=checkpoint)
+                      warmup=warmup, repeats=repeats, compare=compare, ablate=ablate, checkpoint=checkpoint,
+                      max_pixels=max_pixels)
     click.echo(run_bench(plan, files, macs=macs))
     click.echo(f"wrote {files.json}, {files.markdown}, {files.figure}")
 
