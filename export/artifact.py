@@ -3,24 +3,31 @@
 An export folder is the codec without PyTorch weights: the graphs (``*.onnx``), their shared weights
 (``weights.bin``), and ``codec.npz`` with everything the codec needs that is not a network (the z
 means and the entropy tables; variant, latent sizes, alignment and weights digest are in the
-manifest). ``ExportDir.open`` checks it before anything runs: known format version, every file
-present, and every file's SHA-256 equal to the manifest's. A folder copied to a machine without the
-checkpoint or the source tree encodes and decodes, and its streams are interchangeable with eager
-PyTorch on the same weights.
+manifest). ``ExportDir.open`` checks it before anything runs: known format version, the manifest's
+own digest (``manifest_sha256``, over everything else it records: an edited variant or file hash is
+refused like a damaged file), every file present, and every file's SHA-256 equal to the manifest's.
+These digests find damage and edits, not forgery: whoever rewrites a file, its hash and the
+manifest's digest together makes a folder that opens (authenticity would need a signature and a key).
+A folder copied to a machine without the checkpoint or the source tree encodes and decodes, and its
+streams are interchangeable with eager PyTorch on the same weights. Its files may be hard links or
+symbolic links (``cp -al``, ``rsync --link-dest``, DVC's and git-annex's caches): what is read is
+checked by its hash, wherever it lies.
 
 ``ExportWriter`` writes a folder transactionally: into a temporary folder beside the target, renamed
 into place only when the export succeeded, so an interrupted or failed export never leaves a
-half-written folder (and never touches an existing one).
+half-written folder (and never touches an existing one); one export at a time writes a target
+(``hpcm.files.exclusive``: a second is refused at once), and the temporary folder of an export that
+was killed is removed by the next write beside it (``hpcm.files.remove_stale_temporaries``).
 
 This module imports neither the exporter nor any runner, so runners can open folders cheaply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,16 +37,20 @@ import numpy as np
 import torch
 
 from hpcm.codec import CodecParameters, EntropyTables
-from hpcm.digests import file_sha256
+from hpcm.digests import document_digest, file_sha256
 from hpcm.errors import ArtifactError, HPCMError
+from hpcm.files import exclusive, set_aside_name, temporary_folder
 from hpcm.models.graphs import GRAPHS, step_graph_name
 from hpcm.models.progressive import SCALES, STEPS
 from hpcm.models.variants import VariantSpec
 
 FORMAT = "hpcm-rwkv-onnx-export"
 # 2: codec.npz (z means and tables) makes the folder self-contained; files are verified on open.
-FORMAT_VERSION = 2
+# 3: the manifest holds a digest of itself (MANIFEST_DIGEST), verified on open.
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
+MANIFEST_DIGEST = "manifest_sha256"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is tens of KB; larger is not one
 CODEC_FILE = "codec.npz"
 WEIGHTS_NAME = "weights.bin"
 MEANS_HYPER = "means_hyper"
@@ -163,6 +174,11 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
+        """The manifest's JSON, with its own digest (``MANIFEST_DIGEST``) over everything else."""
+        body = self._body()
+        return {**body, MANIFEST_DIGEST: document_digest(body).hexdigest()}
+
+    def _body(self) -> dict:
         return {
             "format": FORMAT, "format_version": self.format_version, "variant": self.variant.to_dict(),
             "alignment": self.alignment, "weights_digest": self.weights_digest, "wkv": self.wkv,
@@ -188,6 +204,10 @@ class Manifest:
                 else "it was written by a newer hpcm-rwkv"
             raise ArtifactError(f"{where}: unknown export format version {version!r} (this hpcm-rwkv reads "
                                 f"{FORMAT_VERSION}); {hint}")
+        body = {key: value for key, value in raw.items() if key != MANIFEST_DIGEST}
+        if raw.get(MANIFEST_DIGEST) != document_digest(body).hexdigest():
+            raise ArtifactError(f"{where} was edited or damaged after the export (it does not match its "
+                                f"{MANIFEST_DIGEST}): re-export the folder")
         try:
             manifest = cls(
                 variant=VariantSpec.from_dict(raw["variant"]), alignment=int(raw["alignment"]),
@@ -239,6 +259,9 @@ class ExportDir:
             raise ArtifactError(f"{path} is not a folder: pass the folder hpcm-export wrote")
         if not manifest_path.is_file():
             raise ArtifactError(f"{manifest_path} does not exist: is {path} an hpcm-export folder?")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{manifest_path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB: not an export "
+                                "manifest")
         try:
             raw = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -254,8 +277,11 @@ class ExportDir:
             file = self.path / record.file
             if Path(record.file).name != record.file:
                 raise ArtifactError(f"{self.path / MANIFEST_NAME}: {what} file name {record.file!r} is not a plain name")
+            if not file.exists():
+                raise ArtifactError(f"{file} ({what}) is missing from the export (or a link to nothing): re-export "
+                                    "the folder")
             if not file.is_file():
-                raise ArtifactError(f"{file} ({what}) is missing from the export: re-export the folder")
+                raise ArtifactError(f"{file} ({what}) is not a regular file: re-export the folder")
             if file.stat().st_size != record.bytes or file_sha256(file) != record.sha256:
                 raise ArtifactError(f"{file} ({what}) does not match its hash in {MANIFEST_NAME}: it was altered "
                                     "or damaged; re-export the folder")
@@ -305,30 +331,34 @@ class ExportDir:
 
 
 class ExportWriter:
-    """Writes an export folder transactionally (see the module docstring).
+    """Writes an export folder transactionally (see the module docstring); use it as a ``with`` block,
+    which holds the target's lock and the temporary folder.
 
     ``target`` must be absent, an empty folder, or an earlier export folder (then replaced whole).
     """
 
     def __init__(self, target: Union[str, Path]) -> None:
-        self.target = Path(target)
-        if self.target.exists() and not self.target.is_dir():
-            raise ArtifactError(f"{self.target} exists and is not a folder: choose another -o")
-        if self.target.is_dir() and any(self.target.iterdir()) and not (self.target / MANIFEST_NAME).is_file():
-            raise ArtifactError(f"{self.target} is a non-empty folder that is not an hpcm-export folder: "
-                                "refusing to write into it (choose another -o)")
-        parent = self.target.resolve().parent
-        if not parent.is_dir():
-            raise ArtifactError(f"the folder {parent} for -o {self.target} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise ArtifactError(f"cannot write into {parent} (permission denied)")
-        self._clean_stale(parent)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=parent))
+        self.target = self.check_target(target)
+        if not self.target.name:  # "." or "..": named once absolute
+            self.target = Path(os.path.abspath(self.target))
+        self._held = contextlib.ExitStack()
+        self.folder: Optional[Path] = None
 
-    def _clean_stale(self, parent: Path) -> None:
-        """Remove partial folders that an export killed before it could clean up left behind."""
-        for stale in parent.glob(f".{self.target.name}.*.partial"):
-            shutil.rmtree(stale, ignore_errors=True)
+    @staticmethod
+    def check_target(target: Union[str, Path]) -> Path:
+        """``target`` if an export may be written there, else an ArtifactError saying why (before any work)."""
+        target = Path(target)
+        if target.exists() and not target.is_dir():
+            raise ArtifactError(f"{target} exists and is not a folder: choose another -o")
+        if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_NAME).is_file():
+            raise ArtifactError(f"{target} is a non-empty folder that is not an hpcm-export folder: "
+                                "refusing to write into it (choose another -o)")
+        parent = target.resolve().parent
+        if not parent.is_dir():
+            raise ArtifactError(f"the folder {parent} for -o {target} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ArtifactError(f"cannot write into {parent} (permission denied)")
+        return target
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -346,20 +376,21 @@ class ExportWriter:
         ExportDir.open(self.folder)  # what we wrote must open
         backup = None
         if self.target.exists():
-            backup = self.target.with_name(f".{self.target.name}.old.partial")
-            shutil.rmtree(backup, ignore_errors=True)
+            backup = set_aside_name(self.target)
             os.replace(self.target, backup)
         os.replace(self.folder, self.target)
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
         return self.target / MANIFEST_NAME
 
-    def abort(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
     def __enter__(self) -> "ExportWriter":
+        self._held.enter_context(exclusive(self.target))
+        self.folder = temporary_folder(self.target)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        if self.folder.exists():
-            self.abort()
+        try:
+            if self.folder is not None and self.folder.exists():
+                shutil.rmtree(self.folder, ignore_errors=True)
+        finally:
+            self._held.close()

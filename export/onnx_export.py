@@ -190,10 +190,10 @@ def export_model(
     profile = _checked_profile(model, wkv, precision, names, size, min_size, max_size)
     decay = check_decomposed_range(model) if wkv == "decomposed" else max_abs_decay(model)
     parameters = CodecParameters.from_model(model)  # refuses a model without entropy tables
-    job = _prepare(model.eval(), wkv, precision, size, names, batch, opset, optimize)
-    start = time.perf_counter()
     records: dict[str, GraphRecord] = {}
-    with ExportWriter(out_dir) as writer:
+    with ExportWriter(out_dir) as writer:  # -o checked and locked before the work
+        job = _prepare(model.eval(), wkv, precision, size, names, batch, opset, optimize)
+        start = time.perf_counter()
         shared = SharedWeights(writer.path(WEIGHTS_NAME))
         LOG.info(f"exporting {len(job.specs)} graphs of {model.spec.name} ({precision}, wkv {wkv}) at "
                  f"{size[0]}x{size[1]} into {writer.target}")

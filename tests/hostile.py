@@ -111,6 +111,16 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob("*") if ".partial" in p.name or p.suffix == ".tmp"]
 
 
+def write_manifest(folder: Path, raw: dict) -> None:
+    """Write ``raw`` as the export manifest of ``folder`` with its own digest recomputed, as a forger
+    would: what the manifest says is then checked, not only that it was edited."""
+    from hpcm.digests import document_digest
+    from hpcm.export.artifact import MANIFEST_DIGEST, MANIFEST_NAME
+
+    body = {key: value for key, value in raw.items() if key != MANIFEST_DIGEST}
+    (folder / MANIFEST_NAME).write_text(json.dumps({**body, MANIFEST_DIGEST: document_digest(body).hexdigest()}))
+
+
 def cli(*args: object) -> Result:
     """Run ``hpcm`` in this process; an exception other than the exit is a bug (it shows a traceback)."""
     result = CliRunner().invoke(main, [str(a) for a in args])

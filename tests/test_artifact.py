@@ -17,6 +17,8 @@ from hpcm.errors import ArtifactError  # noqa: E402
 from hpcm.export.artifact import CODEC_FILE, FORMAT_VERSION, MANIFEST_NAME, WEIGHTS_NAME, ExportDir  # noqa: E402
 from hpcm.export.onnx_export import export_model  # noqa: E402
 
+from .hostile import write_manifest  # noqa: E402
+
 GRAPHS = ["context_fusion_s2", "synthesis"]
 
 
@@ -65,15 +67,19 @@ def test_missing_files_are_refused_by_name(copy, name):
 
 
 def _edit_manifest(folder: Path, change) -> None:  # noqa: ANN001
-    path = folder / MANIFEST_NAME
-    raw = json.loads(path.read_text())
+    """Edit the manifest as a forger would, its own digest recomputed, so that what it says is checked."""
+    raw = json.loads((folder / MANIFEST_NAME).read_text())
     change(raw)
-    path.write_text(json.dumps(raw))
+    write_manifest(folder, raw)
 
 
 def test_manifest_problems_are_refused(copy, tmp_path):
     with pytest.raises(ArtifactError, match="manifest.json does not exist"):
         ExportDir.open(tmp_path)
+    raw = json.loads((copy / MANIFEST_NAME).read_text())
+    (copy / MANIFEST_NAME).write_text(json.dumps({**raw, "variant": {**raw["variant"], "name": "phase3"}}))
+    with pytest.raises(ArtifactError, match="manifest.json was edited or damaged"):
+        ExportDir.open(copy)
     _edit_manifest(copy, lambda raw: raw.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ArtifactError, match="unknown export format version.*newer"):
         ExportDir.open(copy)

@@ -21,7 +21,8 @@ from hpcm.models.cdf_tables import TABLE_NAMES
 from hpcm.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from hpcm.models.variants import VariantSpec, get_variant
 
-from .hostile import TINY_VARIANT, assert_clean_error, cli, run_limited, snapshot, write_image, write_variant
+from .hostile import (TINY_VARIANT, assert_clean_error, cli, run_limited, snapshot, write_image, write_manifest,
+                      write_variant)
 
 HOSTILE_SPECS = [
     ({"M": 100000}, "M"),
@@ -78,11 +79,13 @@ def test_hostile_spec_from_each_source_is_reported_against_its_file(tmp_path: Pa
     run = run_limited(["info", "-c", checkpoint])
     run.clean_error(r"huge\.pth.*N")
     assert run.peak_mb < 1500
-    # an export manifest whose spec was altered
+    # an export manifest whose spec was altered (and its digest recomputed)
+    from hpcm.export.artifact import FORMAT_VERSION
+
     export = tmp_path / "export"
     export.mkdir()
-    (export / "manifest.json").write_text(json.dumps({"format": "hpcm-rwkv-onnx-export", "format_version": 2,
-                                                      "variant": {**TINY_VARIANT, "M": 1 << 20}}))
+    write_manifest(export, {"format": "hpcm-rwkv-onnx-export", "format_version": FORMAT_VERSION,
+                            "variant": {**TINY_VARIANT, "M": 1 << 20}})
     result = cli("encode", write_image(tmp_path / "a.png", 32, 32), "--export", export, "-o", tmp_path / "a.hpcm")
     assert_clean_error(result.output, result.exit_code, r"manifest\.json.*M")
 
@@ -189,7 +192,7 @@ def test_corrupt_export_table_file_names_it_without_pickle_advice(tmp_path: Path
     (folder / CODEC_FILE).write_bytes(b"\x80\x04 pickled, not a zip archive")
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     manifest["codec_file"] = FileRecord.of(folder / CODEC_FILE).__dict__  # re-hashed: only the content is wrong
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    write_manifest(folder, manifest)
     with pytest.raises(ArtifactError) as caught:
         ExportDir.open(folder).codec_parameters
     message = str(caught.value)

@@ -46,10 +46,12 @@ def export(variant: Optional[str], checkpoint: Optional[Path], output: Path, wkv
     """Export a model to an export folder: the codec's ONNX graphs (analysis, hyper synthesis, the ten
     steps, the two context fusions, synthesis) with dynamic batch/height/width, their shared weights, the
     codec's tables, and manifest.json. The folder alone is enough to encode and decode."""
+    from hpcm.export.artifact import ExportWriter
     from hpcm.export.onnx_export import export_model
     from hpcm.models.graphs import CODEC_GRAPHS
     from hpcm.runtime.session import CodecRequest, resolve
 
+    ExportWriter.check_target(output)  # before the model is built
     source = resolve(CodecRequest(checkpoint=checkpoint, variant=variant, seed=seed), need_model=True)
     model, provenance = source.model, source.provenance
     names = list(graphs or CODEC_GRAPHS)
