@@ -34,11 +34,11 @@ class PlotFiles:
     def checked(cls, figure: Optional[Path], table: Optional[Path], inputs: Sequence[Path] = ()) -> "PlotFiles":
         """Checked before any work (``hpcm.files.check_outputs``: writable, none an input, not the same
         file), the figure's suffix one of ``FIGURE_FORMATS``."""
+        outputs = [Output(figure, "-o", "the figure -o"), Output(table, "--table", "the BD table --table")]
+        check_outputs([o for o in outputs if o.path is not None], inputs)
         if figure is not None and figure.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
             raise ResultsError(f"-o {figure}: the figure's format follows its suffix; end it with "
                                f"{', '.join('.' + f for f in FIGURE_FORMATS)}")
-        outputs = [Output(figure, "-o", "the figure -o"), Output(table, "--table", "the BD table --table")]
-        check_outputs([o for o in outputs if o.path is not None], inputs)
         return cls(figure, table)
 
 
