@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from hpcm.errors import ConfigError, ImageError, TrainingError
+from hpcm.log import LOG
 
 from .hpcm import HPCM
 
@@ -53,10 +54,14 @@ class TrainConfig:
 
 def random_crops(images: Sequence[np.ndarray], crop: int, batch_size: int,
                  rng: random.Random) -> Iterator[torch.Tensor]:
-    """Endless batches of random crops in [0, 1] of (H, W, 3) uint8 images; smaller ones are skipped."""
+    """Endless batches of random crops in [0, 1] of (H, W, 3) uint8 images; smaller ones are skipped
+    with a notice."""
     usable = [image for image in images if min(image.shape[:2]) >= crop]
     if not usable:
         raise ImageError(f"no training image is at least {crop}x{crop} pixels (--crop)")
+    if len(usable) < len(images):
+        LOG.warning(f"{len(images) - len(usable)} of {len(images)} training images are smaller than {crop}x{crop} "
+                    "(--crop) and are left out")
     while True:
         batch = []
         for _ in range(batch_size):

@@ -22,7 +22,7 @@ from hpcm.errors import OutputError
 from hpcm.evaluation.bd import Curve, anchor_curves, bd_quality, bd_rate, bd_table, markdown_table, read_curve
 from hpcm.evaluation.classical import CLASSICAL_CODECS, ClassicalCodec, CodecUnavailableError
 from hpcm.evaluation.metrics import ms_ssim_rgb8
-from hpcm.evaluation.results import RESULT_METRICS, RowJournal
+from hpcm.evaluation.results import RESULT_METRICS, ROW_FIELDS, RowJournal
 
 ANCHORS = config.default_anchor_folder()
 
@@ -137,16 +137,25 @@ def test_bd_rate_on_shared_anchors_agrees_with_the_reference_implementation() ->
 
 
 # ---------------------------------------------------------------------- result files
+def _row(point: str, image: str = "a.png", sha256: str = "0" * 64) -> dict:
+    """A journal row as ``measure_image`` writes it."""
+    numbers = {name: 1.0 for name in ROW_FIELDS if name not in ("point", "image", "image_sha256")}
+    return {**numbers, "point": point, "image": image, "image_sha256": sha256}
+
+
 def test_journal_resumes_after_a_torn_line_and_refuses_another_setup(tmp_path: Path) -> None:
     path = tmp_path / "r.rows.jsonl"
     journal = RowJournal(path, {"codec": "jpeg"})
-    journal.append({"point": "q10", "image": "a.png"})
+    journal.append(_row("q10"))
     with path.open("a") as f:
         f.write('{"point": "q10", "ima')  # killed mid-write
     again = RowJournal(path, {"codec": "jpeg"})
-    assert again.done() == {("q10", "a.png")}
-    again.append({"point": "q20", "image": "a.png"})
-    assert RowJournal(path, {"codec": "jpeg"}).done() == {("q10", "a.png"), ("q20", "a.png")}
+    assert again.done() == {("q10", "0" * 64, "a.png")}
+    again.append(_row("q20"))
+    again.append(_row("q20", sha256="1" * 64))  # another image of the same name
+    again.append(_row("q20"))  # measured twice (two runs): counted once
+    assert RowJournal(path, {"codec": "jpeg"}).done() == {("q10", "0" * 64, "a.png"), ("q20", "0" * 64, "a.png"),
+                                                          ("q20", "1" * 64, "a.png")}
     with pytest.raises(OutputError, match="another -o"):
         RowJournal(path, {"codec": "webp"})
 

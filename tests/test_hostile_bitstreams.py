@@ -19,12 +19,10 @@ from hpcm.codec import Codec, CodecParameters, bitstream
 from hpcm.codec.bitstream import Header, pack, unpack
 from hpcm.codec.entropy import StreamEncoder
 from hpcm.errors import HPCMError
-from hpcm.models import build_model
 from hpcm.models.checkpoint import save_checkpoint
-from hpcm.models.variants import VariantSpec
 from hpcm.runtime.runners.eager import EagerRunner
 
-from .hostile import TINY_VARIANT, assert_clean_error, cli, run_limited, write_image, write_variant
+from .hostile import assert_clean_error, cli, run_limited, write_image, write_variant
 
 FUZZ_SECONDS = 20.0
 FUZZ_MIN_CASES = 100  # run at least this many whatever the machine's speed, so the checks below are deterministic
@@ -38,13 +36,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    model = build_model(VariantSpec.from_dict(TINY_VARIANT), seed=0).eval()
-    model.update()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -168,6 +168,8 @@ def test_raw_state_dict_of_other_sizes_is_suggested_as_the_expression_that_loads
     result = cli("info", "-c", raw)
     assert_clean_error(result.output, result.exit_code, r"phase2\+M=16\+N=16")
     assert cli("info", "-c", raw, "--variant", "phase2+M=16+N=16").exit_code == 0
+    converted = cli("convert", raw, "--from", "phase2+M=16+N=16", "--to", "phase3", "-o", tmp_path / "c.pth")
+    assert converted.exit_code == 0 and "-> phase3+M=16+N=16:" in converted.output, converted.output
 
 
 def test_pickled_objects_are_called_unsafe_not_damaged(tmp_path: Path) -> None:

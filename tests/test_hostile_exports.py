@@ -21,21 +21,12 @@ from hpcm.export.artifact import WEIGHTS_NAME, ExportDir, ExportWriter  # noqa: 
 from hpcm.export.onnx_export import export_model  # noqa: E402
 from hpcm.export.tracing import graph_specs  # noqa: E402
 from hpcm.files import exclusive  # noqa: E402
-from hpcm.models import build_model  # noqa: E402
-from hpcm.models.variants import VariantSpec  # noqa: E402
 from hpcm.runtime.runners.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 
-from .hostile import TINY_VARIANT, leftovers, snapshot  # noqa: E402
+from .hostile import leftovers, snapshot  # noqa: E402
 
 GRAPHS = ["step01", "synthesis"]  # one with the custom Bi-WKV node, one without
 SIZE = (128, 128)
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    model = build_model(VariantSpec.from_dict(TINY_VARIANT), seed=0).eval()
-    model.update()
-    return model
 
 
 @pytest.fixture(scope="module")

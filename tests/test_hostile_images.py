@@ -129,10 +129,12 @@ def test_train_skips_a_bad_image(tmp_path: Path, tiny: Path) -> None:
     (folder / "bad.png").write_text("not an image")
     png_bomb(folder / "bomb.png", 20000, 20000)
     write_image(folder / "good.png", 128, 128)
+    write_image(folder / "small.png", 64, 64)
     before = snapshot(folder)
     result = cli("train", folder, "--variant", tiny, "--steps", "1", "--batch-size", "1", "--crop", "128",
                  "-o", tmp_path / "t.pth")
     assert result.exit_code == 0, result.output
     assert "bad.png" in result.output and "bomb.png" in result.output
+    assert "1 of 2 training images are smaller than 128x128 (--crop) and are left out" in result.output
     assert snapshot(folder) == before
 

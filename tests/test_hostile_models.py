@@ -16,7 +16,7 @@ import torch
 
 from hpcm.codec import EntropyTables
 from hpcm.errors import CheckpointError, EntropyTableError, VariantError
-from hpcm.models import HPCM, build_model
+from hpcm.models import HPCM
 from hpcm.models.cdf_tables import TABLE_NAMES
 from hpcm.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from hpcm.models.variants import VariantSpec, get_variant
@@ -88,13 +88,6 @@ def test_hostile_spec_from_each_source_is_reported_against_its_file(tmp_path: Pa
                             "variant": {**TINY_VARIANT, "M": 1 << 20}})
     result = cli("encode", write_image(tmp_path / "a.png", 32, 32), "--export", export, "-o", tmp_path / "a.hpcm")
     assert_clean_error(result.output, result.exit_code, r"manifest\.json.*M")
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    model = build_model(VariantSpec.from_dict(TINY_VARIANT), seed=0).eval()
-    model.update()
-    return model
 
 
 def _largest_tensor_offset(path: Path, tensor: torch.Tensor) -> int:
