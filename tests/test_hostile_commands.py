@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -189,3 +190,32 @@ def test_the_bi_wkv_op_library_setting_is_never_ignored(tmp_path: Path, monkeypa
         monkeypatch.setenv("HPCM_BIWKV_ORT_OP", str(setting))
         with pytest.raises(ConfigError, match=f"HPCM_BIWKV_ORT_OP.*{pattern}"):
             ort_op_library()
+
+
+_TERMINATED_COMMAND = """
+import os, signal, sys
+import click
+from hpcm.cli.framework import ProjectCommand
+from hpcm.errors import ConfigError
+from hpcm.files import atomic_output
+
+@click.command(cls=ProjectCommand)
+def command():
+    with atomic_output(sys.argv[1]) as tmp:
+        tmp.write_text("half")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except BaseException as exc:  # as torch.onnx.export does: the signal's exception made its own error
+            raise ConfigError("what a library made of it") from exc
+
+command(sys.argv[2:])
+"""
+
+
+def test_a_terminated_command_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = subprocess.run([sys.executable, "-c", _TERMINATED_COMMAND, str(out)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: stopped by SIGTERM", result.stderr
+    assert "what a library" not in result.stderr and list(tmp_path.iterdir()) == []

@@ -33,21 +33,33 @@ def configure_logging() -> None:
     LOG.propagate = False
 
 
+class _Terminated(SystemExit):
+    """A command stopped by SIGTERM or SIGHUP (exit status 128 + the signal's number)."""
+
+
 @contextlib.contextmanager
 def _terminations_as_exits() -> Iterator[None]:
     """SIGTERM and SIGHUP end a command as Ctrl-C does, by an exception, so that every ``with`` block on
     the way out runs: temporary files and folders are removed, locks released (a SIGKILL leaves its
-    temporaries to the next write, ``hpcm.files``)."""
+    temporaries to the next write, ``hpcm.files``). A library that turns the exception into an error of
+    its own (``torch.onnx.export`` does) is reported as the signal, not as what it broke on the way."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
+    received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        received.append(signum)
+        click.echo(f"Error: stopped by {signal.Signals(signum).name}", err=True)
+        raise _Terminated(128 + signum)
 
     previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
+    except Exception as exc:
+        if received:
+            raise _Terminated(128 + received[0]) from exc
+        raise
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
