@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from hpcm.models.checkpoint import (describe_payload, inspect_checkpoint, load_c
 from hpcm.models.fork import ADAPTIVE_PARAMS_NOTICE, from_fork_layout, to_fork_layout
 from hpcm.models.recognise import recognise_architecture
 from hpcm.models.train import parameter_groups
+from hpcm.models.variants import with_dimensions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PHASES = (1, 2, 3, 4)
@@ -38,6 +40,11 @@ def fork_table(phase: int) -> dict:
 
 def tiny(name: str):
     return replace(VARIANTS[name], M=M, N=N)
+
+
+def recognised(name: str):
+    """``tiny(name)`` as a recognised file names it: the expression that builds it (``phase2+M=16+N=32``)."""
+    return with_dimensions(VARIANTS[name], M, N)
 
 
 def fork_training_file(model: HPCM, path: Path, prefix: str = "module.") -> Path:
@@ -94,7 +101,7 @@ def test_fork_file_loads_with_the_same_weights_and_outputs(tmp_path, phase, capl
     with caplog.at_level(logging.WARNING, logger="hpcm"):
         loaded = load_checkpoint(path).eval()
     assert ADAPTIVE_PARAMS_NOTICE in caplog.text
-    assert loaded.spec == original.spec
+    assert loaded.spec == recognised(f"phase{phase}-vrwkv")
     for key, value in original.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     x = torch.rand(1, 3, loaded.alignment, loaded.alignment, generator=torch.Generator().manual_seed(0))
@@ -116,8 +123,9 @@ def test_project_layout_state_dict_needs_the_variant_named(tmp_path):
     model = build_model(tiny("phase3-preln"), seed=0)
     torch.save(model.state_dict(), raw)
     contents = inspect_checkpoint(raw)
-    assert contents.variant is None and contents.candidates == ("phase3", "phase3-vrwkv", "phase3-preln")
-    with pytest.raises(CheckpointError, match="fit phase3, phase3-vrwkv, phase3-preln; pass the variant.*--variant"):
+    names = tuple(recognised(n).name for n in ("phase3", "phase3-vrwkv", "phase3-preln"))
+    assert contents.variant is None and contents.candidates == names
+    with pytest.raises(CheckpointError, match=rf"fit {re.escape(', '.join(names))}; pass the variant.*--variant"):
         load_checkpoint(raw)
     assert load_checkpoint(raw, tiny("phase3-preln")).spec.rwkv_block == "pre_ln"
 
@@ -195,8 +203,8 @@ def test_convert_encode_decode_train_accept_fork_checkpoints(tmp_path, fork_file
     converted = tmp_path / "phase2.pt"
     result = runner.invoke(main, ["convert", str(fork_files[2]), "--to", "phase2", "-o", str(converted)])
     assert result.exit_code == 0, result.output
-    assert "phase2-vrwkv -> phase2" in result.output and "initialised 0 " in result.output
-    assert load_checkpoint(converted).spec == tiny("phase2")
+    assert "phase2-vrwkv+M=16+N=32 -> phase2+M=16+N=32" in result.output and "initialised 0 " in result.output
+    assert load_checkpoint(converted).spec == recognised("phase2")
 
     stream, decoded = tmp_path / "x.hpcm", tmp_path / "x.png"
     result = runner.invoke(main, ["encode", str(images / "0.png"), "-o", str(stream), "--checkpoint", str(fork_files[2])])
@@ -206,13 +214,13 @@ def test_convert_encode_decode_train_accept_fork_checkpoints(tmp_path, fork_file
     assert Image.open(decoded).size == (160, 128)
 
     # hpcm train -c: the variant recorded in (or recognised from) the checkpoint, not a default
-    for source, expected in ((fork_files[3], "phase3-vrwkv"),
-                             (save_checkpoint(build_model(tiny("phase3"), seed=0), tmp_path / "p3.pt"), "phase3")):
-        out = tmp_path / f"trained-{expected}.pt"
+    ours = save_checkpoint(build_model(tiny("phase3"), seed=0), tmp_path / "p3.pt")
+    for source, expected in ((fork_files[3], recognised("phase3-vrwkv")), (ours, tiny("phase3"))):
+        out = tmp_path / f"trained-{expected.name}.pt"
         result = runner.invoke(main, ["train", str(images), "-c", str(source), "--steps", "1", "--batch-size", "1",
                                       "--crop", "128", "-o", str(out)])
         assert result.exit_code == 0, result.output
-        assert load_checkpoint(out).spec == tiny(expected)
+        assert load_checkpoint(out).spec == expected
 
 
 def test_export_of_a_fork_checkpoint(tmp_path, fork_files):
@@ -236,7 +244,7 @@ def test_export_of_a_fork_checkpoint(tmp_path, fork_files):
                                              "--opt-size", "128", "128", *extra])
         assert result.exit_code == 0, result.output
         manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["wkv"] == route and manifest["variant"]["name"] == "phase2-vrwkv"
+        assert manifest["wkv"] == route and manifest["variant"]["name"] == recognised("phase2-vrwkv").name
         nodes = [n for n in onnx.load(str(out / "step05.onnx")).graph.node if n.op_type == CONTRACT.op_type]
         assert len(nodes) == manifest["graphs"]["step05"]["wkv_nodes"] == (1 if route == "custom" else 0)
         for node in nodes:
@@ -266,7 +274,7 @@ def test_fork_checkpoint_deploys_with_the_custom_node(tmp_path, phase, images):
                                   "--opt-size", "128", "128"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["wkv"] == "custom" and manifest["variant"]["name"] == f"phase{phase}-vrwkv"
+    assert manifest["wkv"] == "custom" and manifest["variant"]["name"] == recognised(f"phase{phase}-vrwkv").name
     modes = set()
     for name, record in manifest["graphs"].items():
         graph = onnx.load(str(out / record["file"]["file"]), load_external_data=False)
