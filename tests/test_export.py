@@ -201,9 +201,11 @@ def test_cli_errors(tmp_path):
     assert result.exit_code != 0 and "unknown variant" in result.output
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = runner.invoke(export_main, ["--checkpoint", str(bad), "-o", str(tmp_path)])
+    result = runner.invoke(export_main, ["--checkpoint", str(bad), "-o", str(tmp_path / "out")])
     assert result.exit_code != 0 and "not a readable PyTorch checkpoint" in result.output
-    result = runner.invoke(export_main, ["--opt-size", "100", "100", "-o", str(tmp_path), "--graph", "step01"])
+    result = runner.invoke(export_main, ["--checkpoint", str(bad), "-o", str(tmp_path)])  # -o checked first
+    assert result.exit_code != 0 and "not an hpcm-export folder" in result.output
+    result = runner.invoke(export_main, ["--opt-size", "100", "100", "-o", str(tmp_path / "out"), "--graph", "step01"])
     assert result.exit_code != 0 and "multiples of" in result.output
 
 
