@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
-from hpcm.config import DEFAULT_VARIANT
 from hpcm.errors import VariantError
 from hpcm.plugins.biwkv import WKV_MODES
 

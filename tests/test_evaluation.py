@@ -19,7 +19,7 @@ from hpcm import config
 from hpcm.cli import main
 from hpcm.codec.images import psnr_rgb8
 from hpcm.errors import OutputError
-from hpcm.evaluation.bd import Curve, anchor_curves, bd_quality, bd_rate, bd_table, markdown_table, read_curve
+from hpcm.evaluation.bd import anchor_curves, bd_quality, bd_rate, bd_table, markdown_table, read_curve
 from hpcm.evaluation.classical import CLASSICAL_CODECS, ClassicalCodec, CodecUnavailableError
 from hpcm.evaluation.metrics import ms_ssim_rgb8
 from hpcm.evaluation.results import RESULT_METRICS, ROW_FIELDS, RowJournal
