@@ -30,15 +30,6 @@ FUZZ_MAX_PIXELS = 256 * 256  # mutated headers may claim any size; keep the netw
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """The tiny networks run fastest on one thread on a shared 2-core machine (0.1 s against 0.7 s a decode)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, tiny_model, one_thread) -> dict[str, Path]:
     """A tiny checkpoint, an image and its stream."""
     folder = tmp_path_factory.mktemp("streams")

@@ -14,8 +14,8 @@ import click
 
 from hpcm.log import LOG
 
-from .options import (backend_option, checkpoint_option, combine, device_option, export_option, image_folder,
-                      images_options, max_pixels_option, split_list, variant_option, workers_options)
+from .options import (checkpoint_option, codec_options, combine, decoder_options, export_option, image_folder,
+                      images_options, split_list, variant_option, workers_options)
 
 
 @contextlib.contextmanager
@@ -43,12 +43,7 @@ def _naming(path: Path) -> Iterator[None]:
 @click.argument("image", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="bitstream to write (.hpcm)")
-@variant_option()
-@checkpoint_option
-@export_option
-@backend_option
-@device_option
-@max_pixels_option
+@codec_options
 def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Optional[Path], export_dir: Optional[Path],
            backend: Optional[str], device: Optional[str], max_pixels: Optional[int]) -> None:
     """Compress IMAGE (8-bit RGB/gray, any size) to a .hpcm bitstream.
@@ -87,11 +82,7 @@ def encode(image: Path, output: Path, variant: Optional[str], checkpoint: Option
 @click.argument("bitstream", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="PNG to write")
-@checkpoint_option
-@export_option
-@backend_option
-@device_option
-@max_pixels_option
+@decoder_options
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="the original image: print the PSNR of the decoded image against it")
 def decode(bitstream: Path, output: Path, checkpoint: Optional[Path], export_dir: Optional[Path],
@@ -155,12 +146,7 @@ def _code_folder(mode: str, source: Path, output: Path, request_fields: dict, wo
 @click.command()
 @click.argument("source", type=click.Path(file_okay=False, path_type=Path))
 @folder_options
-@variant_option()
-@checkpoint_option
-@export_option
-@backend_option
-@device_option
-@max_pixels_option
+@codec_options
 def compress(source: Path, output: Path, workers: Optional[int], threads: Optional[int], ray_address: Optional[str],
              report: Optional[Path], progress: bool, variant: Optional[str], checkpoint: Optional[Path],
              export_dir: Optional[Path], backend: Optional[str], device: Optional[str],
@@ -178,11 +164,7 @@ def compress(source: Path, output: Path, workers: Optional[int], threads: Option
 @click.command()
 @click.argument("source", type=click.Path(file_okay=False, path_type=Path))
 @folder_options
-@checkpoint_option
-@export_option
-@backend_option
-@device_option
-@max_pixels_option
+@decoder_options
 def decompress(source: Path, output: Path, workers: Optional[int], threads: Optional[int],
                ray_address: Optional[str], report: Optional[Path], progress: bool, checkpoint: Optional[Path],
                export_dir: Optional[Path], backend: Optional[str], device: Optional[str],

@@ -54,6 +54,11 @@ max_pixels_option = click.option(
     help=f"largest image in pixels, counted after padding to the model's alignment (default: HPCM_MAX_PIXELS, else "
          f"{config.DEFAULT_MAX_PIXELS:,} = 2048x2048); refused above it, before any network runs. Eager phase2 "
          "on CPU needs about 0.9 GB per megapixel")
+# What computes a codec and on what: every command that encodes or decodes images takes these, so
+# each means the same there (runtime/session.CodecRequest decides from them). A decoder takes no
+# --variant: the stream's header names it.
+decoder_options = combine(checkpoint_option, export_option, backend_option, device_option, max_pixels_option)
+codec_options = combine(variant_option(), decoder_options)
 workers_options = combine(
     click.option("--workers", type=click.IntRange(min=1), default=None,
                  help="workers, each with its own codec (default: one per GPU with --device cuda, else one per "
