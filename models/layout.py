@@ -192,10 +192,10 @@ class StepMask:
         finite map the sum over the groups of ``t * full(t)``, without that masked copy of the map)."""
         B, C, h, w = t.shape
         period, dense = self.tile.shape[-1], C // self.groups
-        index = self.source.to(t.device).reshape(1, dense, 1, period, 1, period)
-        index = index.expand(B, dense, h // period, period, w // period, period)
-        tiles = t.reshape(B, C, h // period, period, w // period, period)
-        return torch.gather(tiles, 1, index).reshape(B, dense, h, w)
+        # Gathered from ``t`` as it is, never reshaped: ``t`` may be a non-contiguous chunk of the
+        # context, and a reshape of it would make torch.export fix the batch to the traced one.
+        index = self.source.to(t.device).repeat(1, h // period, w // period)
+        return torch.gather(t, 1, index[None].expand(B, dense, h, w))
 
     def from_dense(self, dense: torch.Tensor) -> torch.Tensor:
         """The map of a block (inverse of ``select``): repeat it over the groups and keep this step's positions."""
