@@ -130,7 +130,7 @@ def test_fp16_forward_matches_float32_eager(tmp_path, phase2):
     with float32's rounding decisions, the share of decisions it takes otherwise (FP16_ROUNDING_SHARE
     says why these are apart), and the graph on ONNX Runtime.
 
-    About 7 minutes on 2 cores; HPCM_SKIP_SLOW_EXPORT=1 skips it."""
+    7 to 13 minutes on 2 cores; HPCM_SKIP_SLOW_EXPORT=1 skips it."""
     import os
 
     if os.environ.get("HPCM_SKIP_SLOW_EXPORT") == "1":
