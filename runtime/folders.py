@@ -30,7 +30,7 @@ from hpcm.codec import bitstream
 from hpcm.codec.codec import padded_size
 from hpcm.codec.images import IMAGE_SUFFIXES, check_pixel_count, png_bytes, read_image, to_tensor
 from hpcm.errors import HPCMError, ImageError, OutputError, one_line
-from hpcm.files import atomic_output, check_output
+from hpcm.files import atomic_output, check_output, exclusive
 from hpcm.log import LOG, OnceEach, collect_notices
 
 from .session import UNTRAINED_NOTICE, CodecRequest, resolve, untrained
@@ -283,44 +283,48 @@ def code_folder(mode: str, source: Path, target: Path, request: CodecRequest, wo
     from tqdm import tqdm
 
     check_folders(source, target, report)
-    start = time.perf_counter()
-    plan, request = plan_folder(mode, source, target, request)
-    placement = place(request.device, request.backend_name, workers, threads, ray_address).at_most(len(plan.todo))
-    summary = Summary(mode, str(source), str(target), placement.describe(), skipped=len(plan.skipped),
-                      failures=dict(plan.failures))
-    for relative, reason in plan.failures.items():
-        LOG.warning(f"skipping {relative}: {reason}")
-    if plan.skipped:
-        LOG.info(f"{len(plan.skipped)} of the outputs in {target} are complete already; coding the other "
-                 f"{len(plan.todo)}")
-    if plan.todo:
-        seeded = untrained(request)
-        if seeded is not None:
-            LOG.warning(UNTRAINED_NOTICE.format(variant=seeded.variant, seed=seeded.seed))
-        codec = ship(request) if placement.ray else CodecSource(request)
-        notices = OnceEach()
-        with open_pool(FolderWorkerFactory(mode, codec), placement) as pool, \
-                tqdm(total=len(plan.todo), unit="image", disable=None if progress else True, dynamic_ncols=True) as bar:
+    # One run at a time per output tree: a second would code the same images again and race the
+    # first over which bytes each file ends with.
+    with exclusive(target):
+        start = time.perf_counter()
+        plan, request = plan_folder(mode, source, target, request)
+        placement = place(request.device, request.backend_name, workers, threads, ray_address).at_most(len(plan.todo))
+        summary = Summary(mode, str(source), str(target), placement.describe(), skipped=len(plan.skipped),
+                          failures=dict(plan.failures))
+        for relative, reason in plan.failures.items():
+            LOG.warning(f"skipping {relative}: {reason}")
+        if plan.skipped:
+            LOG.info(f"{len(plan.skipped)} of the outputs in {target} are complete already; coding the other "
+                     f"{len(plan.todo)}")
+        if plan.todo:
+            seeded = untrained(request)
+            if seeded is not None:
+                LOG.warning(UNTRAINED_NOTICE.format(variant=seeded.variant, seed=seeded.seed))
+            codec = ship(request) if placement.ray else CodecSource(request)
+            notices = OnceEach()
+            with open_pool(FolderWorkerFactory(mode, codec), placement) as pool, \
+                    tqdm(total=len(plan.todo), unit="image", disable=None if progress else True,
+                         dynamic_ncols=True) as bar:
 
-            def tasks() -> Iterator[Task]:  # each file read when a worker is ready for it
-                for item in plan.todo:
-                    try:
-                        yield Task(item.relative, item.source.read_bytes())
-                    except OSError as exc:
-                        summary.failures[item.relative] = f"cannot read it: {exc.strerror or exc}"
-                        LOG.warning(f"skipping {item.relative}: {summary.failures[item.relative]}")
-                        bar.update()
+                def tasks() -> Iterator[Task]:  # each file read when a worker is ready for it
+                    for item in plan.todo:
+                        try:
+                            yield Task(item.relative, item.source.read_bytes())
+                        except OSError as exc:
+                            summary.failures[item.relative] = f"cannot read it: {exc.strerror or exc}"
+                            LOG.warning(f"skipping {item.relative}: {summary.failures[item.relative]}")
+                            bar.update()
 
-            items = {item.relative: item for item in plan.todo}
-            for result in stream(pool, tasks()):
-                notices.say(result.notices)
-                _record(summary, items[result.relative], result)
-                bar.update()
-    summary.seconds = time.perf_counter() - start
-    if report is not None:
-        with atomic_output(report, option="--report") as tmp:
-            tmp.write_text(json.dumps(summary.report(), indent=2) + "\n")
-    return summary
+                items = {item.relative: item for item in plan.todo}
+                for result in stream(pool, tasks()):
+                    notices.say(result.notices)
+                    _record(summary, items[result.relative], result)
+                    bar.update()
+        summary.seconds = time.perf_counter() - start
+        if report is not None:
+            with atomic_output(report, option="--report") as tmp:
+                tmp.write_text(json.dumps(summary.report(), indent=2) + "\n")
+        return summary
 
 
 def _record(summary: Summary, item: Item, result: Result) -> None:

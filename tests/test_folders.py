@@ -146,6 +146,18 @@ def test_folder_commands_check_their_paths_before_any_work(folder: Path, tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+def test_a_second_run_into_the_same_tree_is_refused(folder: Path, tmp_path: Path) -> None:
+    """While one run writes an output tree, another into it is refused in one line and writes nothing."""
+    from hpcm.files import exclusive
+
+    target = tmp_path / "busy"
+    target.mkdir()
+    with exclusive(target):  # the first run, as its lock shows it
+        result = cli("compress", folder, "-o", target, "-c", folder.parent / "tiny.pth", "--no-progress")
+    assert_clean_error(result.output, result.exit_code, "being written by another process")
+    assert list(target.iterdir()) == []
+
+
 def test_ray_missing_is_one_line(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
     result = cli("compress", folder, "-o", tmp_path / "o", "--ray", "auto", "-c", folder.parent / "tiny.pth")
