@@ -50,7 +50,7 @@ from . import bitstream
 from .entropy import LegacyStreamDecoder, StreamDecoder, StreamEncoder
 from .guard import DEFAULT_EPSILON, GuardReader, GuardWriter
 from .images import check_pixel_count
-from .rans import MAX_ABS_VALUE
+from .rans import MAX_ABS_VALUE, SymbolRangeError
 from .tables import EntropyTables, tensor_digest
 
 PAD_MODE = "replicate"
@@ -200,10 +200,17 @@ def _z_indexes(shape: torch.Size) -> torch.Tensor:
     return torch.arange(channels, dtype=torch.int32).view(1, channels, 1, 1).expand(shape)
 
 
+_UNCODABLE = (f"the networks produced latents that are not numbers or lie beyond +-{MAX_ABS_VALUE} (broken weights "
+              "or backend); cannot code them")
+
+
 def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
-    if not torch.isfinite(residual).all():
-        raise CodingError("the networks produced non-finite latents (broken weights or backend); cannot code them")
-    return torch.round(residual).clamp(-MAX_ABS_VALUE, MAX_ABS_VALUE)
+    """The symbols of ``residual``; the coder's rule, for symbols that are not coded at once (z, ``latents``):
+    a value that is not a number or lies beyond +-MAX_ABS_VALUE is refused."""
+    q = torch.round(residual)
+    if not bool((q.abs() <= MAX_ABS_VALUE).all()):  # False for NaN
+        raise CodingError(_UNCODABLE)
+    return q
 
 
 class Codec:
@@ -242,6 +249,8 @@ class Codec:
         _check_image(x, self.alignment, self.max_pixels)
         xp, pad_b, pad_r = pad_image(x.to(device=self.device, dtype=torch.float32).clamp(0.0, 1.0), self.alignment)
         y, z = self.networks.analyse(xp)
+        if not bool(torch.isfinite(y).all()):  # refused before the steps' networks run on it
+            raise CodingError(_UNCODABLE)
         z_q = _round_symbols(z - self.means_hyper)
         return xp, y, z_q, z_q + self.means_hyper, pad_b, pad_r
 
@@ -298,15 +307,18 @@ class Codec:
 
             def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
                 with section("entropy_coding"):
-                    q = _round_symbols(self.schedule.symbols(y_scales, step) - means)
+                    q = self._step_symbols(y_scales, step, means)
                     y_coder.add(q, scales=scales)
                 return q
 
             with section("hyper"):
                 params = self.networks.h_s(z_hat)
-            y_hat = self.schedule.run(params, encode_step)
-            with section("entropy_coding"):
-                streams = [z_coder.finish(), y_coder.finish(), y_coder.guard.flush()]
+            try:
+                y_hat = self.schedule.run(params, encode_step)
+                with section("entropy_coding"):
+                    streams = [z_coder.finish(), y_coder.finish(), y_coder.guard.flush()]
+            except SymbolRangeError as exc:
+                raise CodingError(_UNCODABLE) from exc
         with section("entropy_coding"):
             header = bitstream.Header(
                 variant=self.variant,
@@ -317,6 +329,14 @@ class Codec:
             )
             data = bitstream.pack(header, streams)
         return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
+
+    def _step_symbols(self, y_scales: tuple[torch.Tensor, ...], step: int, means: torch.Tensor) -> torch.Tensor:
+        """The encoder's symbols of step ``step`` (its dense block): y taken by phase minus ``means``,
+        rounded in place. The coder refuses a symbol it cannot code (not a number, beyond
+        +-MAX_ABS_VALUE: SymbolRangeError) when it codes it."""
+        source, mask = self.schedule.symbol_source(y_scales, step)
+        q = mask.select_by_phase(source.contiguous())
+        return torch.sub(q, means, out=q).round_()
 
     def synthesise(self, y_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The image of ``y_hat`` (padded latents), clamped to [0, 1] and cropped to ``height`` x ``width``:
@@ -367,7 +387,7 @@ class Codec:
                          ) -> tuple[StreamDecoder | LegacyStreamDecoder, StreamDecoder | LegacyStreamDecoder]:
         """Decoders of the z and y streams in the stream's format (the y one with the guard)."""
         tables = self.parameters.tables
-        guard = GuardReader(streams[2], tables.scale_table)
+        guard = GuardReader(streams[2], tables.scale_table, steps=len(self.schedule.steps))
         if header.version == 2:
             return (LegacyStreamDecoder(streams[0], tables.z, tables.buckets),
                     LegacyStreamDecoder(streams[1], tables.y, tables.buckets, guard))

@@ -6,7 +6,7 @@ candidates, substreams) on a worker thread while the networks of step k + 1 run;
 when the image is done runs on the calling thread beside it. The decoder cannot run ahead (step
 k + 1's networks need step k's values): ``StreamDecoder`` decodes each step in one pass, its
 substreams in parallel. Either way a step is one native pass over its symbols whose substreams run on
-the coder's thread pool (``rans_core.cpp``), and the thread count never changes a byte.
+the coder's OpenMP team (``rans_core.cpp``), and the thread count never changes a byte.
 
 Where a step's tensors live decides how its buckets are found:
 
@@ -49,6 +49,8 @@ def _native_scales(coder: Coder, scales: Optional[torch.Tensor]) -> bool:
 
 def _host(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """``t`` flat on the host as a contiguous numpy array of ``dtype`` (no copy when it already is one)."""
+    if t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() and not t.requires_grad:
+        return t.numpy().reshape(-1)  # the codec's usual case, in as few calls as a step can take
     return t.detach().reshape(-1).to(device="cpu", dtype=dtype).contiguous().numpy()
 
 
@@ -158,22 +160,18 @@ class StreamDecoder:
         span = self.reader.take(offsets.size - 1)
         positions, above = self.guard.next_step(count) if self.guard is not None else _NOTHING_LISTED
         if _native_scales(self.coder, scales):
-            s = _host(scales, torch.float32)
-            overrides = (positions, self.guard.rows(s[positions], above)) if positions.size else _NOTHING_LISTED
-            out = self.coder.decode(self.reader, span, offsets, self.tables, scales=s, buckets=self.buckets,
-                                    overrides=overrides)
+            # the guard's rows are found in the coder's pass, from the positions and their bits
+            out = self.coder.decode(self.reader, span, offsets, self.tables, scales=_host(scales, torch.float32),
+                                    buckets=self.buckets, listed=positions, above=above)
         else:
+            rows = None
             if scales is not None:
                 indexes = scale_indexes(scales, self.buckets.table.to(scales.device))
                 if positions.size:
                     listed = torch.from_numpy(positions).to(scales.device)
-                    overrides = (positions, self.guard.rows(scales.reshape(-1)[listed], above))
-                else:
-                    overrides = _NOTHING_LISTED
-            else:
-                overrides = _NOTHING_LISTED
+                    rows = self.guard.rows(scales.reshape(-1)[listed], above)
             out = self.coder.decode(self.reader, span, offsets, self.tables, indexes=_host(indexes, torch.int32),
-                                    overrides=overrides)
+                                    listed=positions, rows=rows)
         device = scales.device if scales is not None else torch.device("cpu")
         return torch.from_numpy(out).reshape(shape).to(device)
 

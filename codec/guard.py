@@ -48,8 +48,11 @@ def _float64(values: ArrayLike) -> np.ndarray:
 
 def nearest_boundary(scales: ArrayLike, table: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(index of the nearest boundary of table[:-1], relative distance to it) for every scale (flat), in float64."""
-    bounds = _float64(table[:-1])
-    s = _float64(scales)
+    return _nearest(_float64(scales), _float64(table[:-1]))
+
+
+def _nearest(s: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``nearest_boundary`` of float64 scales over float64 bounds."""
     upper = np.clip(np.searchsorted(bounds, s), 0, bounds.size - 1)
     lower = np.clip(upper - 1, 0, bounds.size - 1)
     d_upper = np.abs(s / bounds[upper] - 1.0)
@@ -95,6 +98,7 @@ class GuardWriter:
             raise ValueError("guard epsilon must be in [0, 0.05) (the table's log spacing is 0.106)")
         self.epsilon = float(epsilon)
         self.table = table.detach().cpu().float()
+        self.bounds = _float64(self.table[:-1])
         self.windows: Optional[ScreenWindows] = ScreenWindows(self.table, self.epsilon) if epsilon > 0 else None
         self.varints: list[np.ndarray] = []
         self.bits: list[np.ndarray] = []
@@ -105,9 +109,10 @@ class GuardWriter:
         flat positions) whose ``scales`` lie within epsilon of a boundary, in float64."""
         if self.windows is None or candidates.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8)
-        nearest, distance = nearest_boundary(scales, self.table)
+        s = _float64(scales)
+        nearest, distance = _nearest(s, self.bounds)
         keep = distance < self.epsilon
-        above = _float64(scales)[keep] > _float64(self.table[:-1])[nearest[keep]]
+        above = s[keep] > self.bounds[nearest[keep]]
         return np.asarray(candidates, dtype=np.int64)[keep], above.astype(np.uint8)
 
     def add_step(self, positions: np.ndarray, above: np.ndarray) -> None:
@@ -123,43 +128,55 @@ class GuardWriter:
 
 
 class GuardReader:
-    def __init__(self, data: bytes, table: torch.Tensor) -> None:
+    """The guard stream of one image, parsed at once; ``steps``: how many steps the decoder takes (a
+    stream that lists more is refused before any is parsed past them; None: any number)."""
+
+    def __init__(self, data: bytes, table: torch.Tensor, steps: Optional[int] = None) -> None:
         if len(data) < 8:
             raise BitstreamError("guard stream is truncated")
         self.epsilon, length = struct.unpack_from("<fI", data)
         if not 0.0 <= self.epsilon < 0.05 or length > len(data) - 8:
             raise BitstreamError("guard stream header is invalid")
-        self.table = table.detach().cpu().float()
-        self.values = decode_escapes(data[8:8 + length]).astype(np.int64)
-        self.bits = np.unpackbits(np.frombuffer(data[8 + length:], dtype=np.uint8))
-        self.cursor = 0
-        self.bit_cursor = 0
+        self.bounds = _float64(table[:-1])
+        values = decode_escapes(data[8:8 + length]).astype(np.int64)
+        bits = np.unpackbits(np.frombuffer(data[8 + length:], dtype=np.uint8))
+        # every step's list, parsed once: a step's decoding then only takes its own
+        self.steps: list[tuple[np.ndarray, np.ndarray]] = []
+        cursor = listed_bits = 0
+        while cursor < values.size:  # per step: a count, then that many gaps
+            if len(self.steps) == steps:
+                raise BitstreamError("guard stream has trailing data")
+            listed = int(values[cursor])
+            gaps = values[cursor + 1:cursor + 1 + listed]
+            if listed < 0 or gaps.size != listed:
+                raise BitstreamError("guard stream lists more positions than it holds")
+            if (gaps < 0).any():
+                raise BitstreamError("guard stream has a negative gap")
+            if listed_bits + listed > bits.size:
+                raise BitstreamError("guard stream has too few bits")
+            self.steps.append((np.cumsum(gaps + 1) - 1, bits[listed_bits:listed_bits + listed]))
+            cursor += 1 + listed
+            listed_bits += listed
+        if bits.size - listed_bits >= 8:
+            raise BitstreamError("guard stream has trailing data")
+        self._next = 0
 
     def next_step(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The next step's listed positions (strictly increasing, below ``count``) and their bits."""
-        if self.cursor >= self.values.size:
+        if self._next >= len(self.steps):
             raise BitstreamError("guard stream ends before the last step")
-        listed = int(self.values[self.cursor])
-        self.cursor += 1
-        if listed < 0 or listed > count or self.cursor + listed > self.values.size:
+        positions, above = self.steps[self._next]
+        self._next += 1
+        if positions.size > count:
             raise BitstreamError("guard stream lists more positions than the step has")
-        gaps = self.values[self.cursor:self.cursor + listed]
-        self.cursor += listed
-        if (gaps < 0).any():
-            raise BitstreamError("guard stream has a negative gap")
-        positions = np.cumsum(gaps + 1) - 1
-        if listed and positions[-1] >= count:
+        if positions.size and positions[-1] >= count:
             raise BitstreamError("guard stream position out of range")
-        if self.bit_cursor + listed > self.bits.size:
-            raise BitstreamError("guard stream has too few bits")
-        above = self.bits[self.bit_cursor:self.bit_cursor + listed]
-        self.bit_cursor += listed
-        return positions.astype(np.int64), above
+        return positions, above
 
     def rows(self, scales: ArrayLike, above: np.ndarray) -> np.ndarray:
         """The buckets (int32) of listed positions with these (the decoder's own) ``scales``: the
         boundary nearest to each, moved up where the encoder's scale lay above it."""
-        nearest, _ = nearest_boundary(scales, self.table)
+        nearest, _ = _nearest(_float64(scales), self.bounds)
         return (nearest + above).astype(np.int32)
 
     def apply_step(self, indexes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -175,5 +192,5 @@ class GuardReader:
         return flat.reshape(indexes.shape)
 
     def finish(self) -> None:
-        if self.cursor != self.values.size or self.bits.size - self.bit_cursor >= 8:
+        if self._next != len(self.steps):
             raise BitstreamError("guard stream has trailing data")

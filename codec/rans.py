@@ -8,7 +8,7 @@ produces the identical words, is used with a notice saying why (about 100x slowe
 is documented at the top of ``rans_core.cpp``.
 
 Bitstream format 3 (written): each step's symbols are cut into substreams (``substream_offsets``),
-each coded on its own, so that a thread pool codes and decodes them in parallel and the encoder can
+each coded on its own, so that a team of threads codes and decodes them in parallel and the encoder can
 code a step while the next step's networks run. A coded stream (``pack_substreams``) is
 ``varint(number of substreams) | per substream: varint(words), varint(bytes of escaped values) |
 the words of every substream (uint16 LE) | their escaped values (zigzag varints)``. The native
@@ -62,9 +62,28 @@ _i64p = ctypes.POINTER(ctypes.c_int64)
 _vp = ctypes.c_void_p
 
 
+# The coder's threads are an OpenMP team (rans_core.cpp: PyTorch's own runtime where PyTorch runs);
+# a compiler without OpenMP builds it serial.
+OPENMP_FLAGS = ("-fopenmp",)
+
+
+class SymbolRangeError(ValueError):
+    """A value to code is not a number or lies beyond +-MAX_ABS_VALUE."""
+
+
 def library_path() -> Path:
     """Where the compiled coder is cached (``hpcm.native``)."""
-    return library_file_path("hpcm_rans", [SOURCE])
+    return library_file_path("hpcm_rans", [SOURCE], flags=OPENMP_FLAGS)
+
+
+def _build() -> Path:
+    """The coder built with OpenMP, else (with a notice) without: then a step's substreams are coded on
+    one thread, in the same words."""
+    try:
+        return build_shared_library("hpcm_rans", [SOURCE], flags=OPENMP_FLAGS)
+    except NativeBuildError as exc:
+        LOG.warning(f"the native rANS coder cannot be built with OpenMP ({exc}); building it to code on one thread")
+        return build_shared_library("hpcm_rans", [SOURCE])
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,7 +91,7 @@ def _load_library(cache_dir: str, compiler: Optional[str]) -> Optional[ctypes.CD
     """The compiled coder, built on first use; None (with a notice saying why) when it cannot be built.
     Cached per cache folder and compiler, so a changed configuration is tried afresh."""
     try:
-        target = build_shared_library("hpcm_rans", [SOURCE])
+        target = _build()
     except NativeBuildError as exc:
         LOG.warning(f"the native rANS coder is unavailable: {exc}; using the pure-Python coder instead "
                     "(the same streams, about 100x slower)")
@@ -92,8 +111,8 @@ def _load_library(cache_dir: str, compiler: Optional[str]) -> Optional[ctypes.CD
                                       _vp, _vp, _vp]
     lib.hpcm_decode_parts.restype = ctypes.c_int32
     lib.hpcm_decode_parts.argtypes = [ctypes.c_int32, ctypes.c_int64, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp,
-                                      ctypes.c_int32, _vp, _vp, _vp, ctypes.c_int64, _vp, ctypes.c_int64, _vp, _vp,
-                                      ctypes.c_int64, _vp, _vp]
+                                      ctypes.c_int32, _vp, _vp, _vp, _vp, ctypes.c_int64, _vp, ctypes.c_int64, _vp,
+                                      _vp, ctypes.c_int64, _vp, _vp]
     lib.hpcm_rans_decode.restype = ctypes.c_int32
     lib.hpcm_rans_decode.argtypes = [ctypes.c_int32, _u16p, ctypes.c_int64, _i64p, _u32p, _i64p, _i32p,
                                      ctypes.c_int64, _i32p, ctypes.c_int64, _i32p, _i32p, ctypes.c_int64,
@@ -195,8 +214,13 @@ def _read_varint(data: bytes, pos: int, limit_bits: int = 63) -> tuple[int, int]
 
 def encode_escapes(values: np.ndarray) -> bytes:
     """Zigzag LEB128 of int32 values, vectorised (random-init models can escape often)."""
+    return _zigzag_varints(values)[0]
+
+
+def _zigzag_varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """``encode_escapes`` and the number of bytes of each value."""
     if values.size == 0:
-        return b""
+        return b"", np.zeros(0, dtype=np.int64)
     v = values.astype(np.int64)
     u = ((v << 1) ^ (v >> 63)).astype(np.uint64)
     nbytes = np.maximum(1, (np.floor(np.log2(np.maximum(u, 1).astype(np.float64))).astype(np.int64) // 7) + 1)
@@ -208,7 +232,7 @@ def encode_escapes(values: np.ndarray) -> bytes:
     k = np.arange(owner.size) - starts[owner]
     chunk = (u[owner] >> (7 * k).astype(np.uint64)) & np.uint64(0x7F)
     more = (k < nbytes[owner] - 1).astype(np.uint64) << np.uint64(7)
-    return (chunk | more).astype(np.uint8).tobytes()
+    return (chunk | more).astype(np.uint8).tobytes(), nbytes
 
 
 def _decode_varints(b: np.ndarray, what: str) -> np.ndarray:
@@ -241,12 +265,16 @@ def decode_escapes(data: bytes) -> np.ndarray:
     return v.astype(np.int32)
 
 
+@functools.lru_cache(maxsize=64)
 def substream_offsets(count: int) -> np.ndarray:
     """Where a step of ``count`` symbols is cut into substreams (part j: symbols offsets[j] to
     offsets[j + 1]): ``STEP_SUBSTREAMS`` per ``SUBSTREAM_SYMBOLS`` symbols, at least that many. A
-    function of the count alone, so the encoder and every decoder cut alike whatever their thread count."""
+    function of the count alone, so the encoder and every decoder cut alike whatever their thread count
+    (read-only: computed once per count)."""
     parts = STEP_SUBSTREAMS * max(1, count // SUBSTREAM_SYMBOLS)
-    return (np.arange(parts + 1, dtype=np.int64) * count) // parts
+    offsets = (np.arange(parts + 1, dtype=np.int64) * count) // parts
+    offsets.setflags(write=False)
+    return offsets
 
 
 class ScaleBuckets:
@@ -384,7 +412,7 @@ class Coder:
                 raise ValueError("the pure-Python coder codes from table indexes, not scales")
             tables.check_indexes(indexes)
             if n and not (np.abs(values) <= MAX_ABS_VALUE).all():
-                raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE}")
+                raise SymbolRangeError(f"symbol magnitude above {MAX_ABS_VALUE} (or not a number)")
             coded = [_python_encode_part(values[a:b], indexes[a:b], tables) for a, b in zip(offsets[:-1], offsets[1:])]
             return CodedStep([w for w, _ in coded], [e for _, e in coded], np.zeros(0, dtype=np.int64))
         region = np.concatenate([[0], np.cumsum(np.diff(offsets) + STATE_WORDS)]).astype(np.int64)
@@ -407,7 +435,7 @@ class Coder:
         if rc == -2:
             raise ValueError(f"table index out of range [0, {tables.count})")
         if rc == -7:
-            raise ValueError(f"symbol magnitude above {MAX_ABS_VALUE} (or not a number)")
+            raise SymbolRangeError(f"symbol magnitude above {MAX_ABS_VALUE} (or not a number)")
         if rc != 0:
             raise RuntimeError(f"rANS encoder failed with code {rc}")
         starts = offsets[:-1]
@@ -419,20 +447,23 @@ class Coder:
     def decode(self, reader: "SubstreamReader", parts: "SubstreamSpan", offsets: np.ndarray, tables: CdfTables, *,
                indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
                buckets: Optional[ScaleBuckets] = None,
-               overrides: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int32))
-               ) -> np.ndarray:
+               listed: np.ndarray = np.zeros(0, np.int64), rows: Optional[np.ndarray] = None,
+               above: Optional[np.ndarray] = None) -> np.ndarray:
         """The symbols (float32) of one step from the substreams ``parts`` of ``reader`` (symbols cut
         at ``offsets``). Table rows: ``indexes``, or ``scales`` bucketed over ``buckets`` (native
-        coder only); the positions ``overrides[0]`` (strictly increasing) take the rows
-        ``overrides[1]`` (the boundary guard's). Raises BitstreamError on a corrupt substream."""
+        coder only). The boundary guard's ``listed`` positions (strictly increasing, below the step's
+        count) take its ``rows`` (int32) instead, or, decoding from ``scales``, the rows of its
+        ``above`` bits (uint8: 1 where the encoder's scale lay above its bound) that
+        ``guard.GuardReader.rows`` gives, found in the coder's pass. Raises BitstreamError on a
+        corrupt substream."""
         n = int(offsets[-1])
-        positions, rows = overrides
         out = np.empty(n, dtype=np.float32)
         if self.lib is None:
             if indexes is None:
                 raise ValueError("the pure-Python coder decodes with table indexes, not scales")
             indexes = indexes.copy()
-            indexes[positions] = rows
+            if listed.size:
+                indexes[listed] = rows
             tables.check_indexes(indexes)
             for j in range(offsets.size - 1):
                 a, b = offsets[j], offsets[j + 1]
@@ -445,9 +476,9 @@ class Coder:
             self.threads, offsets.size - 1, _address(offsets), _address(reader.words), _address(parts.words),
             _address(reader.escapes), _address(parts.escapes), _address(indexes), _address(scales),
             _address(buckets.bounds) if with_buckets else None, buckets.count if with_buckets else 0,
-            _address(buckets.lut(self.lib)) if with_buckets else None, _address(positions), _address(rows),
-            positions.size, _address(tables.cdf), tables.stride, _address(tables.length), _address(tables.offset),
-            tables.count, _address(tables.lut(self.lib)), _address(out))
+            _address(buckets.lut(self.lib)) if with_buckets else None, _address(listed), _address(rows),
+            _address(above), listed.size, _address(tables.cdf), tables.stride, _address(tables.length),
+            _address(tables.offset), tables.count, _address(tables.lut(self.lib)), _address(out))
         if rc != 0:
             raise BitstreamError(_DECODE_ERRORS.get(rc, f"rANS decoder failed with code {rc}"))
         return out
@@ -457,10 +488,13 @@ def pack_substreams(steps: Sequence[CodedStep]) -> bytes:
     """A coded stream: the number of substreams, each one's word count and escape bytes, then all
     their words, then all their escaped values (zigzag varints)."""
     words = [w for step in steps for w in step.words]
-    escapes = [encode_escapes(e) for step in steps for e in step.escapes]
-    directory = _write_varint(len(words)) + b"".join(_write_varint(w.size) + _write_varint(len(e))
-                                                     for w, e in zip(words, escapes))
-    return directory + b"".join(w.astype("<u2", copy=False).tobytes() for w in words) + b"".join(escapes)
+    escapes = [e for step in steps for e in step.escapes]
+    # every substream's escaped values in one vectorised pass, then each one's share of the bytes
+    escaped, value_bytes = _zigzag_varints(np.concatenate(escapes).astype(np.int32) if escapes else np.zeros(0))
+    ends = np.concatenate([[0], np.cumsum(value_bytes)])[np.cumsum([0] + [e.size for e in escapes])]
+    directory = _write_varint(len(words)) + b"".join(_write_varint(w.size) + _write_varint(int(n))
+                                                     for w, n in zip(words, np.diff(ends)))
+    return directory + b"".join(w.astype("<u2", copy=False).tobytes() for w in words) + escaped
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 // rANS over 16-bit quantized CDF tables, driven by a table index per symbol, and the work around it
 // for one coding step: scale buckets, the boundary guard's candidate screen, and independent
-// substreams coded or decoded in parallel by a thread pool.
+// substreams coded or decoded in parallel by an OpenMP team.
 //
 // Substreams (bitstream format 3; the pure-Python coder in rans.py writes and reads the same words):
 //   * a step's symbols are cut into contiguous ranges (the offsets come from rans.py), each coded into
@@ -27,18 +27,12 @@
 // compiler or platform.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
-
-#include <unistd.h>
 
 namespace {
 
@@ -74,91 +68,18 @@ struct Buckets {
     const float* near_high;  // per bucket i: a scale at or below it lies near bound i - 1 (-inf for i = 0)
 };
 
-// ------------------------------------------------------------------ thread pool
+// ------------------------------------------------------------------ threads
 
-// Worker threads that run queued tasks; never destroyed (no join at exit, when the library may be
-// unloaded in any order). A forked child starts a pool of its own.
-class Pool {
-public:
-    void submit(std::function<void()> task, int workers) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        while (static_cast<int>(threads_.size()) < workers) {
-            threads_.emplace_back([this] { work(); });
-            threads_.back().detach();
-        }
-        tasks_.push_back(std::move(task));
-        ready_.notify_one();
-    }
-
-private:
-    void work() {
-        for (;;) {
-            std::function<void()> task;
-            {
-                std::unique_lock<std::mutex> lock(mutex_);
-                ready_.wait(lock, [this] { return !tasks_.empty(); });
-                task = std::move(tasks_.front());
-                tasks_.pop_front();
-            }
-            task();
-        }
-    }
-
-    std::mutex mutex_;
-    std::condition_variable ready_;
-    std::deque<std::function<void()>> tasks_;
-    std::vector<std::thread> threads_;
-};
-
-Pool& pool() {
-    static std::mutex guard;
-    static Pool* instance = nullptr;
-    static pid_t owner = 0;
-    std::lock_guard<std::mutex> lock(guard);
-    if (instance == nullptr || owner != getpid()) {  // the parent's threads do not exist in a fork
-        instance = new Pool();
-        owner = getpid();
-    }
-    return *instance;
-}
-
-// fn(i) for i in [0, count) on the calling thread and up to threads - 1 pool workers. Workers that
-// start after every index is taken return at once without touching fn, so the caller waits only for
-// the calls in progress.
-struct Group {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    int64_t count = 0;
-    const std::function<void(int64_t)>* fn = nullptr;
-    std::mutex mutex;
-    std::condition_variable finished;
-
-    void take() {
-        for (;;) {
-            const int64_t i = next.fetch_add(1);
-            if (i >= count) return;
-            (*fn)(i);
-            if (done.fetch_add(1) + 1 == count) {
-                std::lock_guard<std::mutex> lock(mutex);
-                finished.notify_all();
-            }
-        }
-    }
-};
-
+// fn(i) for i in [0, count) on up to `threads` threads: an OpenMP team, built with -fopenmp (rans.py).
+// In a process that runs PyTorch on the CPU this is PyTorch's own OpenMP runtime (the same
+// libgomp.so.1), so a step's substreams are coded by the threads that have just run its networks and
+// still spin-wait for work: a thread pool of our own would compete with them for the cores instead
+// (measured: in-codec decoding 1.6x slower). Built without OpenMP, the loop runs on the calling thread.
+// As with PyTorch's own operators, a process forked after a parallel region must not code in parallel.
 void parallel_for(int64_t count, int threads, const std::function<void(int64_t)>& fn) {
-    const int64_t helpers = std::min<int64_t>(threads, count) - 1;
-    if (helpers <= 0) {
-        for (int64_t i = 0; i < count; ++i) fn(i);
-        return;
-    }
-    auto group = std::make_shared<Group>();
-    group->count = count;
-    group->fn = &fn;
-    for (int64_t h = 0; h < helpers; ++h) pool().submit([group] { group->take(); }, static_cast<int>(helpers));
-    group->take();
-    std::unique_lock<std::mutex> lock(group->mutex);
-    group->finished.wait(lock, [&] { return group->done.load() == count; });
+    const int team = static_cast<int>(std::min<int64_t>(threads, count));
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1) if (team > 1)
+    for (int64_t i = 0; i < count; ++i) fn(i);
 }
 
 // ------------------------------------------------------------------ substreams
@@ -444,6 +365,26 @@ int decode_impl(const uint16_t* in, int64_t n_words, int64_t* pos_io, uint32_t* 
     return 0;
 }
 
+// The boundary guard's rows of listed positions from the decoder's own scales (guard.py's rule, in
+// double as there): the bound nearest to the scale in relative distance |s / bound - 1| (the upper
+// one on a tie, and for a scale that is not a number), plus one where the encoder's scale lay above it.
+std::vector<int32_t> guard_rows(const float* scales, const Buckets& bk, const int64_t* ov_pos,
+                                const uint8_t* above, int64_t n_ov) {
+    std::vector<int32_t> rows(static_cast<size_t>(n_ov));
+    const int64_t last = bk.nb - 1;
+    for (int64_t k = 0; k < n_ov; ++k) {
+        const double s = scales[ov_pos[k]];
+        int64_t upper = std::isnan(s) ? bk.nb : std::lower_bound(bk.bounds, bk.bounds + bk.nb, s,
+                                                                   [](float b, double v) { return b < v; }) - bk.bounds;
+        upper = std::min(upper, last);
+        const int64_t lower = std::max<int64_t>(upper - 1, 0);
+        const double d_upper = std::fabs(s / static_cast<double>(bk.bounds[upper]) - 1.0);
+        const double d_lower = std::fabs(s / static_cast<double>(bk.bounds[lower]) - 1.0);
+        rows[static_cast<size_t>(k)] = static_cast<int32_t>((d_lower < d_upper ? lower : upper) + (above[k] != 0));
+    }
+    return rows;
+}
+
 }  // namespace
 
 extern "C" {
@@ -530,17 +471,28 @@ int32_t hpcm_encode_parts(int32_t threads, int64_t parts, const int64_t* offsets
 // Decodes the substreams of one step (part j: words[word_offsets[j], word_offsets[j + 1]), escaped
 // values esc[esc_offsets[j], esc_offsets[j + 1]), symbols [offsets[j], offsets[j + 1])) into out
 // (floats), on up to `threads` threads. Table rows come from `indexes` or from `scales`; the n_ov
-// positions ov_pos (strictly increasing) take the rows ov_val instead (the boundary guard's).
-// Returns 0, or an error code.
+// positions ov_pos (strictly increasing) take the boundary guard's rows instead: ov_val, or with
+// scales and ov_above (one byte per position, 1 = the encoder's scale lay above its bound) the rows
+// guard_rows finds. Returns 0, or an error code.
 int32_t hpcm_decode_parts(int32_t threads, int64_t parts, const int64_t* offsets, const uint16_t* words,
                           const int64_t* word_offsets, const int32_t* esc, const int64_t* esc_offsets,
                           const int32_t* indexes, const float* scales, const float* bounds, int32_t nb,
-                          const uint16_t* bucket_lut, const int64_t* ov_pos, const int32_t* ov_val, int64_t n_ov,
-                          const int32_t* cdf, int64_t stride, const int32_t* length, const int32_t* offset,
-                          int64_t count, const uint16_t* lut, float* out) {
+                          const uint16_t* bucket_lut, const int64_t* ov_pos, const int32_t* ov_val,
+                          const uint8_t* ov_above, int64_t n_ov, const int32_t* cdf, int64_t stride,
+                          const int32_t* length, const int32_t* offset, int64_t count, const uint16_t* lut,
+                          float* out) {
     const Tables t{cdf, stride, length, offset, count};
     const Buckets bk{bounds, nb, bucket_lut, nullptr, nullptr};
     if (indexes == nullptr && nb >= count) return kBadIndex;  // a bucket without a table
+    std::vector<int32_t> found;
+    if (ov_val == nullptr && n_ov > 0) {
+        if (scales == nullptr || ov_above == nullptr || nb < 1) return kBadIndex;
+        for (int64_t k = 0; k < n_ov; ++k) {
+            if (ov_pos[k] < 0 || ov_pos[k] >= offsets[parts]) return kBadIndex;
+        }
+        found = guard_rows(scales, bk, ov_pos, ov_above, n_ov);
+        ov_val = found.data();
+    }
     return over_lanes(parts, threads, [&](int64_t j0, int k) {
         std::unique_ptr<Lane[]> lanes = lanes_at(offsets, j0, k, [&](Lane& lane, int64_t j) {
             lane.words = const_cast<uint16_t*>(words + word_offsets[j]);

@@ -137,7 +137,13 @@ class ProgressiveSchedule:
 
     def symbols(self, y_scales: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         """The y values coded in step ``step`` as a dense block (``y_scales`` from ``all_scales``)."""
-        return self.step_mask(step).select(y_scales[STEPS[step].scale])
+        source, mask = self.symbol_source(y_scales, step)
+        return mask.select(source)
+
+    def symbol_source(self, y_scales: tuple[torch.Tensor, ...], step: int) -> tuple[torch.Tensor, StepMask]:
+        """(the map of y at step ``step``'s scale, the step's mask): what ``symbols`` selects from, for
+        the codec's encoder, which takes them by phase (``StepMask.select_by_phase``, or natively)."""
+        return y_scales[STEPS[step].scale], self.step_mask(step)
 
     # ------------------------------------------------------------------ the steps
     def begin(self, params: torch.Tensor) -> ProgressiveState:

@@ -69,12 +69,7 @@ def format_folder(version: int) -> Path:
 
 
 def _guard_positions(data: bytes, table: torch.Tensor) -> int:
-    values = GuardReader(bitstream.unpack(data)[1][2], table).values
-    listed, cursor = 0, 0
-    while cursor < values.size:  # per step: a count, then that many gaps
-        listed += int(values[cursor])
-        cursor += 1 + int(values[cursor])
-    return listed
+    return sum(positions.size for positions, _ in GuardReader(bitstream.unpack(data)[1][2], table).steps)
 
 
 def encoder_decisions(codec, x: torch.Tensor) -> dict[str, np.ndarray]:

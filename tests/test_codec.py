@@ -12,7 +12,7 @@ import torch
 from hpcm.codec import inspect
 from hpcm.codec.bitstream import FORMAT_VERSION, unpack
 from hpcm.codec.rans import STATE_WORDS, STEP_SUBSTREAMS, SubstreamReader
-from hpcm.errors import EntropyTableError, ImageError
+from hpcm.errors import CodingError, EntropyTableError, ImageError
 from hpcm.models import build_model
 from hpcm.runtime.session import eager_codec
 
@@ -109,6 +109,22 @@ def test_bad_images_are_refused(models: dict) -> None:
     for bad in (torch.rand(3, 64, 64), torch.rand(1, 4, 64, 64), torch.full((1, 3, 8, 8), math.nan)):
         with pytest.raises(ImageError):
             codec.compress(bad)
+
+
+def _last_conv(module: torch.nn.Module) -> torch.nn.Module:
+    return [m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))][-1]
+
+
+@pytest.mark.parametrize("broken, value", [("g_a", math.nan), ("h_s", 1e12)],
+                         ids=["y not a number", "means beyond 2^30"])
+def test_latents_the_coder_cannot_code_are_refused(broken: str, value: float) -> None:
+    """y that is not a number is refused after the analysis; symbols beyond +-2^30 (here: means of 1e12
+    from the hyper synthesis) by the coder's own check when it codes them."""
+    model = seeded(TINY)
+    with torch.no_grad():
+        _last_conv(getattr(model, broken)).bias.fill_(value)
+    with pytest.raises(CodingError, match="not numbers or lie beyond"):
+        eager_codec(model).compress(smooth_image(64, 64, seed=1))
 
 
 def test_model_without_tables_is_refused() -> None:

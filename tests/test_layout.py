@@ -50,6 +50,15 @@ def test_dense_blocks_round_trip(layout):
         assert torch.equal(mask.from_dense(dense), masked)
 
 
+def test_select_by_phase_equals_the_gather(layout):
+    """The encoder's strided copy takes exactly the gather's values, NaN and infinities included."""
+    y = torch.randn(2, C, 16, 24)
+    y[0, 3, 5, 7], y[1, 9, 2, 2], y[1, 0, 15, 23] = float("nan"), float("inf"), -float("inf")
+    for mask in layout.s1_masks + layout.s2_masks + layout.s3_masks:
+        assert torch.equal(mask.select_by_phase(y).nan_to_num(0.5), mask.select(y).nan_to_num(0.5))
+        assert torch.equal(mask.select_by_phase(y).isnan(), mask.select(y).isnan())
+
+
 def test_step_masks_partition_every_position(layout):
     like = torch.zeros(1, C, 8, 8)
     assert torch.equal(sum(m.full(like) for m in layout.s3_masks), torch.ones_like(like))
