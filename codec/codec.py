@@ -308,7 +308,7 @@ class Codec:
             def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
                 with section("entropy_coding"):
                     q = self._step_symbols(y_scales, step, means)
-                    y_coder.add(q, scales=scales)
+                    y_coder.add(q, scales=scales, last=step == len(self.schedule.steps) - 1)
                 return q
 
             with section("hyper"):

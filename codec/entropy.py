@@ -79,11 +79,13 @@ class StreamEncoder:
             self._worker.shutdown(wait=False, cancel_futures=True)
 
     def add(self, values: torch.Tensor, scales: Optional[torch.Tensor] = None,
-            indexes: Optional[torch.Tensor] = None) -> None:
+            indexes: Optional[torch.Tensor] = None, *, last: bool = False) -> None:
         """Queue one step: ``values`` (rounded symbols) coded with the table rows ``indexes`` or, with
-        ``scales``, the scales' buckets (and the guard's listing of those near a boundary)."""
+        ``scales``, the scales' buckets (and the guard's listing of those near a boundary). The
+        ``last`` step has no network left to overlap with: ``finish`` codes it on the calling thread,
+        whose OpenMP team has just run the networks, instead of handing it to the worker."""
         job = self._job(values, scales, indexes)
-        if self._worker is None:
+        if self._worker is None or last:
             self._steps.append((None, job))
         else:
             self._steps.append((self._worker.submit(self._overlapped, job), job))
@@ -128,10 +130,12 @@ class StreamEncoder:
 
     def finish(self) -> bytes:
         """The stream of every step added (the guard's listings recorded in step order)."""
+        # the steps the worker has not started (and the last one) run here first, beside the one it is
+        # coding; then every result is taken in step order
+        done = {i: job() for i, (future, job) in enumerate(self._steps) if future is None or future.cancel()}
         steps: list[CodedStep] = []
-        for future, job in self._steps:
-            # a step the worker has not started runs here, beside the one it is coding
-            coded, listed, above = job() if future is None or future.cancel() else future.result()
+        for i, (future, _) in enumerate(self._steps):
+            coded, listed, above = done[i] if i in done else future.result()
             steps.append(coded)
             if self.guard is not None:
                 self.guard.add_step(listed, above)
