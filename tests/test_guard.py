@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from hpcm.codec.entropy import StreamDecoder, StreamEncoder
 from hpcm.codec.guard import GuardReader, GuardWriter, ScreenWindows, nearest_boundary
+from hpcm.codec.rans import CdfTables, ScaleBuckets, native_library
 from hpcm.errors import BitstreamError
-from hpcm.models.cdf_tables import default_scale_table, scale_indexes
+from hpcm.models.cdf_tables import default_scale_table, quantized_cdf_tables, scale_indexes
 
 
 def _scales(n: int, seed: int) -> torch.Tensor:
@@ -107,3 +109,25 @@ def test_corrupt_guard_streams_raise():
             assert out.shape == idx.shape
         except BitstreamError:
             pass
+
+
+@pytest.mark.parametrize("noise", [1e-6, 5e-6])
+def test_native_decoder_finds_the_guards_rows_from_noisy_scales(noise: float):
+    """The native decoder's own copy of the guard's row rule (``guard_rows`` in rans_core.cpp): a step
+    coded with the encoder's scales decodes with scales moved by up to ``noise`` (which flips buckets
+    near the boundaries, scales right on them included), through the rows it finds, on 1 and 3 threads."""
+    assert native_library() is not None, "a C++ compiler is expected on the test machine"
+    table = default_scale_table().float()
+    tables, buckets = CdfTables(*quantized_cdf_tables(table)), ScaleBuckets(table)
+    scales = _scales(40_000, 4)
+    g = torch.Generator().manual_seed(5)
+    values = torch.round(scales * torch.randn(scales.shape, generator=g))
+    noisy = scales * (1 + noise * (2 * torch.rand(scales.shape, generator=g) - 1))
+    assert (scale_indexes(noisy, table) != scale_indexes(scales, table)).any()  # the noise does flip buckets
+    with StreamEncoder(tables, buckets, GuardWriter(1e-5, table), threads=2) as encoder:
+        encoder.add(values, scales=scales)
+        data, guard = encoder.finish(), encoder.guard.flush()
+    for threads in (1, 3):
+        decoder = StreamDecoder(data, tables, buckets, GuardReader(guard, table, steps=1), threads=threads)
+        assert torch.equal(decoder.decode(scales.shape, scales=noisy), values)
+        decoder.finish()
