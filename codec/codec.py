@@ -36,6 +36,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -213,6 +214,19 @@ def _round_symbols(residual: torch.Tensor) -> torch.Tensor:
     return q
 
 
+def _step_symbols(y_block: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """The encoder's symbols of a step: its y block (``ProgressiveSchedule.symbol_blocks``) minus
+    ``means``, rounded, in place of the block. The coder refuses a symbol it cannot code (not a number,
+    beyond +-MAX_ABS_VALUE: SymbolRangeError) when it codes it."""
+    if y_block.device.type == "cpu" and means.is_contiguous() and means.dtype == y_block.dtype:
+        # numpy's two passes run on this thread: torch's would wake the OpenMP team for a step's few
+        # thousand values while the coder's worker has the other core
+        block = y_block.numpy()
+        np.rint(np.subtract(block, means.numpy(), out=block), out=block)
+        return y_block
+    return torch.sub(y_block, means, out=y_block).round_()
+
+
 class Codec:
     """compress / decompress with ``runner``'s networks and ``parameters``' tables.
 
@@ -302,12 +316,12 @@ class Codec:
                 raise CodingError(f"z has {z_q.shape[1]} channels but there are {tables.z.count} z tables")
             with section("entropy_coding"):
                 z_coder.add(z_q, indexes=_z_indexes(z_q.shape))  # coded beside the hyper synthesis
-            with section("analysis"):
-                y_scales = self.schedule.all_scales(y)
+            with section("entropy_coding"):
+                y_blocks = self.schedule.symbol_blocks(y)
 
             def encode_step(step: int, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
                 with section("entropy_coding"):
-                    q = self._step_symbols(y_scales, step, means)
+                    q = _step_symbols(y_blocks[step], means)
                     y_coder.add(q, scales=scales, last=step == len(self.schedule.steps) - 1)
                 return q
 
@@ -329,14 +343,6 @@ class Codec:
             )
             data = bitstream.pack(header, streams)
         return EncodeResult(data=data, y_hat=y_hat, z_hat=z_hat, padded=xp)
-
-    def _step_symbols(self, y_scales: tuple[torch.Tensor, ...], step: int, means: torch.Tensor) -> torch.Tensor:
-        """The encoder's symbols of step ``step`` (its dense block): y taken by phase minus ``means``,
-        rounded in place. The coder refuses a symbol it cannot code (not a number, beyond
-        +-MAX_ABS_VALUE: SymbolRangeError) when it codes it."""
-        source, mask = self.schedule.symbol_source(y_scales, step)
-        q = mask.select_by_phase(source.contiguous())
-        return torch.sub(q, means, out=q).round_()
 
     def synthesise(self, y_hat: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """The image of ``y_hat`` (padded latents), clamped to [0, 1] and cropped to ``height`` x ``width``:

@@ -141,19 +141,20 @@ class GuardReader:
         values = decode_escapes(data[8:8 + length]).astype(np.int64)
         bits = np.unpackbits(np.frombuffer(data[8 + length:], dtype=np.uint8))
         # every step's list, parsed once: a step's decoding then only takes its own
+        if (values < 0).any():
+            raise BitstreamError("guard stream has a negative count or gap")
         self.steps: list[tuple[np.ndarray, np.ndarray]] = []
         cursor = listed_bits = 0
-        while cursor < values.size:  # per step: a count, then that many gaps
+        counts = values.tolist()  # per step: a count, then that many gaps (Python ints: walked cheaply)
+        while cursor < len(counts):
             if len(self.steps) == steps:
                 raise BitstreamError("guard stream has trailing data")
-            listed = int(values[cursor])
-            gaps = values[cursor + 1:cursor + 1 + listed]
-            if listed < 0 or gaps.size != listed:
+            listed = counts[cursor]
+            if cursor + 1 + listed > len(counts):
                 raise BitstreamError("guard stream lists more positions than it holds")
-            if (gaps < 0).any():
-                raise BitstreamError("guard stream has a negative gap")
             if listed_bits + listed > bits.size:
                 raise BitstreamError("guard stream has too few bits")
+            gaps = values[cursor + 1:cursor + 1 + listed]
             self.steps.append((np.cumsum(gaps + 1) - 1, bits[listed_bits:listed_bits + listed]))
             cursor += 1 + listed
             listed_bits += listed

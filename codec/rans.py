@@ -219,15 +219,21 @@ def encode_escapes(values: np.ndarray) -> bytes:
 
 def _zigzag_varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     """``encode_escapes`` and the number of bytes of each value."""
-    if values.size == 0:
-        return b"", np.zeros(0, dtype=np.int64)
     v = values.astype(np.int64)
-    u = ((v << 1) ^ (v >> 63)).astype(np.uint64)
+    return _varints(((v << 1) ^ (v >> 63)).astype(np.uint64))
+
+
+def _varints(u: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """Unsigned LEB128 of the uint64 values ``u``, vectorised, and the number of bytes of each."""
+    if u.size == 0:
+        return b"", np.zeros(0, dtype=np.int64)
     nbytes = np.maximum(1, (np.floor(np.log2(np.maximum(u, 1).astype(np.float64))).astype(np.int64) // 7) + 1)
     # log2 in floats can be off by one at exact powers; fix with integer comparisons
     nbytes = np.where(u >= (np.uint64(1) << (7 * nbytes).astype(np.uint64)), nbytes + 1, nbytes)
     nbytes = np.where((nbytes > 1) & (u < (np.uint64(1) << (7 * (nbytes - 1)).astype(np.uint64))), nbytes - 1, nbytes)
-    owner = np.repeat(np.arange(v.size), nbytes)
+    if (nbytes == 1).all():  # the usual case: every value below 128
+        return u.astype(np.uint8).tobytes(), nbytes
+    owner = np.repeat(np.arange(u.size), nbytes)
     starts = np.cumsum(nbytes) - nbytes
     k = np.arange(owner.size) - starts[owner]
     chunk = (u[owner] >> (7 * k).astype(np.uint64)) & np.uint64(0x7F)
@@ -242,6 +248,8 @@ def _decode_varints(b: np.ndarray, what: str) -> np.ndarray:
     last = b < 0x80
     if not last[-1]:
         raise BitstreamError(f"{what} ends inside a value")
+    if last.all():  # the usual case: every value below 128, one byte each
+        return b.astype(np.int64)
     ends = np.flatnonzero(last)
     starts = np.concatenate([[0], ends[:-1] + 1])
     if (ends - starts).max() > 4:
@@ -249,8 +257,7 @@ def _decode_varints(b: np.ndarray, what: str) -> np.ndarray:
     owner = np.repeat(np.arange(ends.size), ends - starts + 1)
     k = np.arange(b.size) - starts[owner]
     parts = (b & 0x7F).astype(np.uint64) << (7 * k).astype(np.uint64)
-    u = np.zeros(ends.size, dtype=np.uint64)
-    np.add.at(u, owner, parts)
+    u = np.add.reduceat(parts, starts)  # a value's 7-bit groups do not overlap: their sum is the value
     if (u >= np.uint64(1) << np.uint64(32)).any():
         raise BitstreamError(f"{what} has a value out of range")
     return u.astype(np.int64)
@@ -492,9 +499,10 @@ def pack_substreams(steps: Sequence[CodedStep]) -> bytes:
     # every substream's escaped values in one vectorised pass, then each one's share of the bytes
     escaped, value_bytes = _zigzag_varints(np.concatenate(escapes).astype(np.int32) if escapes else np.zeros(0))
     ends = np.concatenate([[0], np.cumsum(value_bytes)])[np.cumsum([0] + [e.size for e in escapes])]
-    directory = _write_varint(len(words)) + b"".join(_write_varint(w.size) + _write_varint(int(n))
-                                                     for w, n in zip(words, np.diff(ends)))
-    return directory + b"".join(w.astype("<u2", copy=False).tobytes() for w in words) + escaped
+    sizes = np.stack([[w.size for w in words], np.diff(ends)], axis=1).astype(np.uint64)
+    directory = _write_varint(len(words)) + _varints(sizes.reshape(-1))[0]
+    all_words = np.concatenate(words) if words else np.zeros(0, dtype=np.uint16)
+    return directory + all_words.astype("<u2", copy=False).tobytes() + escaped
 
 
 @dataclass(frozen=True)

@@ -218,27 +218,59 @@ int encode_lanes(Lane* lanes, const float* __restrict values, const int32_t* ind
     return 0;
 }
 
-// Decodes K substreams interleaved. Reads past a substream's end are clamped to its last word and
-// found by the checks after the loop.
+// One decoder's state in registers: the state, its words and escaped values, and what it has used.
+struct DecodeState {
+    uint32_t x;
+    const uint16_t* words;
+    int64_t pos;
+    int64_t last;  // index of its last word: reads past the end are clamped to it (found after the loop)
+    const int32_t* esc;
+    int64_t n_esc;
+    int64_t used_esc;
+};
+
+// Decodes one symbol of table row idx from d into *out.
+inline __attribute__((always_inline)) void decode_symbol(DecodeState& d, int32_t idx, const Tables& t,
+                                                         const uint16_t* __restrict lut, float* out) {
+    const int32_t* c = t.cdf + idx * t.stride;
+    const uint32_t st = d.x;
+    const uint32_t slot = st & 0xffffu;
+    int32_t s = lut[idx * (1 << kLutBits) + (slot >> kLutShift)];
+    while (static_cast<uint32_t>(c[s + 1]) <= slot) ++s;
+    const uint32_t start = static_cast<uint32_t>(c[s]);
+    const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
+    const uint32_t y = freq * (st >> kProbBits) + slot - start;
+    const bool renorm = y < kLow;
+    const uint32_t word = d.words[d.pos < d.last ? d.pos : d.last];
+    d.x = renorm ? (y << 16) | word : y;
+    d.pos += renorm;
+    if (__builtin_expect(s == t.length[idx] - 2, 0)) {
+        *out = static_cast<float>(d.used_esc < d.n_esc ? d.esc[d.used_esc] : 0);
+        ++d.used_esc;
+    } else {
+        *out = static_cast<float>(s + t.offset[idx]);
+    }
+}
+
+// Decodes K substreams interleaved, their states in registers.
 template <int K>
 int decode_lanes(Lane* lanes, const int32_t* indexes, const float* scales, const Buckets& bk,
                  const int64_t* ov_pos, const int32_t* ov_val, int64_t n_ov, const Tables& t,
                  const uint16_t* __restrict lut, float* __restrict out) {
-    const int32_t* __restrict cdf = t.cdf;
-    const int32_t* __restrict length = t.length;
-    const int32_t* __restrict offset = t.offset;
-    const int64_t stride = t.stride;
     const Buckets plain{bk.bounds, bk.nb, bk.lut, nullptr, nullptr};
     int64_t ov[K];
+    DecodeState d[K];
     int64_t longest = 0;
+    int64_t shortest = INT64_MAX;
     for (int k = 0; k < K; ++k) {
         Lane& lane = lanes[k];
         if (lane.n_words < 2) return kBadState;
-        lane.x = (static_cast<uint32_t>(lane.words[0]) << 16) | lane.words[1];
-        if (lane.x < kLow) return kBadState;
-        lane.pos = 2;
+        d[k] = DecodeState{(static_cast<uint32_t>(lane.words[0]) << 16) | lane.words[1], lane.words, 2,
+                           lane.n_words - 1, lane.esc, lane.n_esc, 0};
+        if (d[k].x < kLow) return kBadState;
         ov[k] = std::lower_bound(ov_pos, ov_pos + n_ov, lane.begin) - ov_pos;
         longest = std::max(longest, lane.length);
+        shortest = std::min(shortest, lane.length);
     }
     for (int64_t o0 = 0; o0 < longest; o0 += kBlock) {
         const int64_t o1 = std::min(longest, o0 + kBlock);
@@ -256,41 +288,22 @@ int decode_lanes(Lane* lanes, const int32_t* indexes, const float* scales, const
             }
             if (rc != 0) return rc;
         }
-        for (int64_t o = o0; o < o1; ++o) {
+        // every lane has symbols up to `common`: no length checks there
+        const int64_t common = std::max(o0, std::min(o1, shortest));
+        for (int64_t o = o0; o < common; ++o) {
 #pragma GCC unroll 4
+            for (int k = 0; k < K; ++k) decode_symbol(d[k], lanes[k].rows[o - o0], t, lut, out + lanes[k].begin + o);
+        }
+        for (int64_t o = common; o < o1; ++o) {
             for (int k = 0; k < K; ++k) {
-                Lane& lane = lanes[k];
-                if (o >= lane.length) continue;
-                const int32_t idx = lane.rows[o - o0];
-                const int32_t* c = cdf + idx * stride;
-                const uint32_t st = lane.x;
-                const uint32_t slot = st & 0xffffu;
-                int32_t s = lut[idx * (1 << kLutBits) + (slot >> kLutShift)];
-                while (static_cast<uint32_t>(c[s + 1]) <= slot) ++s;
-                const uint32_t start = static_cast<uint32_t>(c[s]);
-                const uint32_t freq = static_cast<uint32_t>(c[s + 1]) - start;
-                const uint32_t y = freq * (st >> kProbBits) + slot - start;
-                const bool renorm = y < kLow;
-                const int64_t last = lane.n_words - 1;
-                const uint32_t word = lane.words[lane.pos < last ? lane.pos : last];
-                lane.x = renorm ? (y << 16) | word : y;
-                lane.pos += renorm;
-                float symbol;
-                if (s == length[idx] - 2) {
-                    symbol = static_cast<float>(lane.used_esc < lane.n_esc ? lane.esc[lane.used_esc] : 0);
-                    ++lane.used_esc;
-                } else {
-                    symbol = static_cast<float>(s + offset[idx]);
-                }
-                out[lane.begin + o] = symbol;
+                if (o < lanes[k].length) decode_symbol(d[k], lanes[k].rows[o - o0], t, lut, out + lanes[k].begin + o);
             }
         }
     }
     for (int k = 0; k < K; ++k) {
-        const Lane& lane = lanes[k];
-        if (lane.pos > lane.n_words) return kEnded;
-        if (lane.used_esc > lane.n_esc) return kBadEscape;
-        if (lane.pos != lane.n_words || lane.used_esc != lane.n_esc || lane.x != kLow) return kInconsistent;
+        if (d[k].pos > d[k].last + 1) return kEnded;
+        if (d[k].used_esc > d[k].n_esc) return kBadEscape;
+        if (d[k].pos != d[k].last + 1 || d[k].used_esc != d[k].n_esc || d[k].x != kLow) return kInconsistent;
     }
     return 0;
 }

@@ -118,6 +118,8 @@ class ProgressiveSchedule:
         self.layout = layout
         self.networks = networks
         self.clock = clock
+        # (y's shape and device, where each step's symbols lie in y): the last image size's, see symbol_blocks
+        self._symbol_order: Optional[tuple[tuple, torch.Tensor, list[torch.Size]]] = None
 
     # ------------------------------------------------------------------ geometry
     def step_mask(self, step: int) -> StepMask:
@@ -137,13 +139,32 @@ class ProgressiveSchedule:
 
     def symbols(self, y_scales: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         """The y values coded in step ``step`` as a dense block (``y_scales`` from ``all_scales``)."""
-        source, mask = self.symbol_source(y_scales, step)
-        return mask.select(source)
+        return self.step_mask(step).select(y_scales[STEPS[step].scale])
 
-    def symbol_source(self, y_scales: tuple[torch.Tensor, ...], step: int) -> tuple[torch.Tensor, StepMask]:
-        """(the map of y at step ``step``'s scale, the step's mask): what ``symbols`` selects from, for
-        the codec's encoder, which takes them by phase (``StepMask.select_by_phase``, or natively)."""
-        return y_scales[STEPS[step].scale], self.step_mask(step)
+    def symbol_blocks(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """y's values of every step as dense blocks in step order (what ``symbols`` gives), taken in
+        one gather: the codec's encoder takes them while y is still in the caches, so that each step
+        is left a subtraction of its means."""
+        index, shapes = self.symbol_order(y)
+        flat = torch.take(y, index)
+        return [block.view(shape) for block, shape in zip(flat.split([s.numel() for s in shapes]), shapes)]
+
+    def symbol_order(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Size]]:
+        """Where in y (flat) each step's symbols lie, all steps in order, and the steps' block shapes.
+        Found by moving y's own flat positions through ``all_scales`` and the steps' masks (the moves
+        are exact on integers), so it is the layout's code, not a second description of it; kept for
+        the last size seen, as large as y."""
+        key = (tuple(y.shape), y.device)
+        if self._symbol_order is None or self._symbol_order[0] != key:
+            positions = torch.arange(1, y.numel() + 1, dtype=torch.int64, device=y.device).view(y.shape)
+            scales = tuple(t.contiguous() for t in self.all_scales(positions))
+            blocks = [self.step_mask(k).select_by_phase(scales[s.scale]) for k, s in enumerate(STEPS)]
+            index = torch.cat([b.reshape(-1) for b in blocks]) - 1
+            if index.numel() != y.numel() or bool((index < 0).any()) or \
+                    bool((torch.bincount(index, minlength=y.numel()) != 1).any()):
+                raise RuntimeError("the steps' masks do not take every position of y exactly once")
+            self._symbol_order = (key, index, [b.shape for b in blocks])
+        return self._symbol_order[1], self._symbol_order[2]
 
     # ------------------------------------------------------------------ the steps
     def begin(self, params: torch.Tensor) -> ProgressiveState:

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from hpcm.models.layout import ScaleLayout
+from hpcm.models.progressive import ProgressiveSchedule
 
 from . import official_masks as om
 
@@ -57,6 +58,24 @@ def test_select_by_phase_equals_the_gather(layout):
     for mask in layout.s1_masks + layout.s2_masks + layout.s3_masks:
         assert torch.equal(mask.select_by_phase(y).nan_to_num(0.5), mask.select(y).nan_to_num(0.5))
         assert torch.equal(mask.select_by_phase(y).isnan(), mask.select(y).isnan())
+
+
+def test_symbol_blocks_are_every_steps_symbols(layout):
+    """The encoder's one gather of all steps' symbols gives what each step's mask selects, for sizes
+    and batches that change between calls (its order is kept for the last size only)."""
+    schedule = ProgressiveSchedule(layout, networks=None)
+    torch.manual_seed(0)
+    for B, H, W in [(1, 16, 24), (2, 32, 16), (1, 16, 24)]:
+        y = torch.randn(B, C, H, W)
+        y[0, 3, 5, 7] = float("nan")
+        y_scales = schedule.all_scales(y)
+        blocks = schedule.symbol_blocks(y)
+        assert len(blocks) == len(schedule.steps)
+        for step, block in enumerate(blocks):
+            expected = schedule.symbols(y_scales, step)
+            assert block.shape == expected.shape
+            assert torch.equal(block.nan_to_num(0.5), expected.nan_to_num(0.5))
+        assert sum(int(b.isnan().sum()) for b in blocks) == 1
 
 
 def test_step_masks_partition_every_position(layout):

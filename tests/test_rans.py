@@ -176,6 +176,11 @@ def test_escape_varints() -> None:
     for bad in (b"\x80", b"\xff\xff\xff\xff\xff\x01"):
         with pytest.raises(BitstreamError):
             decode_escapes(bad)
+    # values of one byte each take a shorter path both ways: the same bytes as one at a time
+    small = np.array([0, -1, 1, 63, -64, -5, 17], dtype=np.int32)
+    data = encode_escapes(small)
+    assert data == bytes(((2 * v) ^ (v >> 31)) & 0xFF for v in small.tolist())
+    assert np.array_equal(decode_escapes(data), small)
 
 
 def test_truncated_extended_and_garbled_streams_raise(tables: CdfTables) -> None:
