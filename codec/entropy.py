@@ -11,12 +11,14 @@ the coder's OpenMP team (``rans_core.cpp``), and the thread count never changes 
 Where a step's tensors live decides how its buckets are found:
 
 * CPU float32 with the native coder: the coder's pass takes the scales and finds buckets and guard
-  candidates itself;
+  candidates itself, and settles the candidates by the guard's float64 rule (the decoder's pass finds
+  the listed positions' rows the same way);
 * otherwise (a GPU, or the pure-Python coder): buckets (``scale_indexes``) and candidates
-  (``ScreenWindows.candidates``) are computed vectorised on the step's device and the coder takes the
-  bucket indexes.
+  (``ScreenWindows.candidates``) are computed vectorised on the step's device, the coder takes the
+  bucket indexes, and ``GuardWriter.settle`` settles the candidates.
 
-Only the candidates are settled in float64 (``guard.py``); both ways give the same streams.
+Only the candidates are settled in float64 (``guard.py`` owns the rule; ``rans_core.cpp``'s
+``nearest_bound`` is held to it by tests); both ways give the same streams.
 ``LegacyStreamDecoder`` decodes streams of format 2 (one rANS stream for all steps).
 """
 
@@ -33,13 +35,11 @@ from hpcm.models.cdf_tables import scale_indexes
 from hpcm.models.progressive import NO_CLOCK, StageClock
 
 from .guard import GuardReader, GuardWriter
-from .rans import (CdfTables, Coder, CodedStep, RansDecoder, ScaleBuckets, SubstreamReader, pack_substreams,
-                   substream_offsets)
+from .rans import (NOTHING_LISTED, CdfTables, Coder, CodedStep, RansDecoder, ScaleBuckets, SubstreamReader,
+                   pack_substreams, substream_offsets)
 
 # What a step's coding job returns: its substreams, its listed guard positions and their bits.
 StepCode = tuple[CodedStep, np.ndarray, np.ndarray]
-
-_NOTHING_LISTED = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
 
 
 def _native_scales(coder: Coder, scales: Optional[torch.Tensor]) -> bool:
@@ -104,9 +104,11 @@ class StreamEncoder:
             s = _host(scales, torch.float32)
 
             def native() -> StepCode:
+                # the coder's pass lists the guard's positions itself (GuardWriter.settle's rule)
                 coded = self.coder.encode(v, self.tables, offsets, scales=s, buckets=self.buckets,
-                                          windows=None if windows is None else (windows.near_low, windows.near_high))
-                return (coded, *self._settle(coded.candidates, s[coded.candidates]))
+                                          windows=None if windows is None else
+                                          (windows.near_low, windows.near_high, windows.epsilon))
+                return coded, coded.listed, coded.above
 
             return native
         candidate_scales = None
@@ -121,12 +123,12 @@ class StreamEncoder:
 
         def given_indexes() -> StepCode:
             coded = self.coder.encode(v, self.tables, offsets, indexes=i)
-            return (coded, *(self._settle(*candidate_scales) if candidate_scales else _NOTHING_LISTED))
+            return (coded, *(self._settle(*candidate_scales) if candidate_scales else NOTHING_LISTED))
 
         return given_indexes
 
     def _settle(self, candidates: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.guard.settle(candidates, scales) if self.guard is not None else _NOTHING_LISTED
+        return self.guard.settle(candidates, scales) if self.guard is not None else NOTHING_LISTED
 
     def finish(self) -> bytes:
         """The stream of every step added (the guard's listings recorded in step order)."""
@@ -162,7 +164,7 @@ class StreamDecoder:
         count = math.prod(shape)
         offsets = substream_offsets(count)
         span = self.reader.take(offsets.size - 1)
-        positions, above = self.guard.next_step(count) if self.guard is not None else _NOTHING_LISTED
+        positions, above = self.guard.next_step(count) if self.guard is not None else NOTHING_LISTED
         if _native_scales(self.coder, scales):
             # the guard's rows are found in the coder's pass, from the positions and their bits
             out = self.coder.decode(self.reader, span, offsets, self.tables, scales=_host(scales, torch.float32),

@@ -69,6 +69,7 @@ class ScreenWindows:
     are, and the rule settles them."""
 
     def __init__(self, table: torch.Tensor, epsilon: float) -> None:
+        self.epsilon = epsilon
         bounds = _float64(table[:-1].float())
         reach = epsilon + SCREEN_MARGIN
         low = bounds * (1.0 - reach)

@@ -67,6 +67,10 @@ _vp = ctypes.c_void_p
 OPENMP_FLAGS = ("-fopenmp",)
 
 
+# A step's empty guard listing: no positions, no bits.
+NOTHING_LISTED = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint8))
+
+
 class SymbolRangeError(ValueError):
     """A value to code is not a number or lies beyond +-MAX_ABS_VALUE."""
 
@@ -107,8 +111,8 @@ def _load_library(cache_dir: str, compiler: Optional[str]) -> Optional[ctypes.CD
     lib.hpcm_bucket_indexes.argtypes = [_vp, ctypes.c_int64, _vp, ctypes.c_int32, _vp, _vp]
     lib.hpcm_encode_parts.restype = ctypes.c_int32
     lib.hpcm_encode_parts.argtypes = [ctypes.c_int32, ctypes.c_int64, _vp, _vp, _vp, _vp, _vp, ctypes.c_int32, _vp,
-                                      _vp, _vp, _vp, ctypes.c_int64, _vp, _vp, ctypes.c_int64, _vp, _vp, _vp, _vp,
-                                      _vp, _vp, _vp]
+                                      _vp, _vp, ctypes.c_double, _vp, ctypes.c_int64, _vp, _vp, ctypes.c_int64, _vp,
+                                      _vp, _vp, _vp, _vp, _vp, _vp, _vp]
     lib.hpcm_decode_parts.restype = ctypes.c_int32
     lib.hpcm_decode_parts.argtypes = [ctypes.c_int32, ctypes.c_int64, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp,
                                       ctypes.c_int32, _vp, _vp, _vp, _vp, ctypes.c_int64, _vp, ctypes.c_int64, _vp,
@@ -372,12 +376,13 @@ _DECODE_ERRORS = {
 
 @dataclass
 class CodedStep:
-    """One step's substreams: words and escaped values of each, and the positions the guard's screen
-    flagged (coding from scales with screen windows only)."""
+    """One step's substreams: words and escaped values of each, and (coding from scales with the
+    guard's windows only) the positions the guard lists, with 1 where their scale lies above its bound."""
 
     words: list[np.ndarray]
     escapes: list[np.ndarray]
-    candidates: np.ndarray
+    listed: np.ndarray
+    above: np.ndarray
 
 
 class Coder:
@@ -405,13 +410,14 @@ class Coder:
     def encode(self, values: np.ndarray, tables: CdfTables, offsets: np.ndarray, *,
                indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
                buckets: Optional[ScaleBuckets] = None,
-               windows: Optional[tuple[np.ndarray, np.ndarray]] = None) -> CodedStep:
+               windows: Optional[tuple[np.ndarray, np.ndarray, float]] = None) -> CodedStep:
         """The substreams of one step (symbols cut at ``offsets``) and, coding from ``scales``, the
-        positions that the guard's screen ``windows`` flag (increasing).
+        boundary guard's listing: the positions (increasing) that its screen ``windows`` flag and its
+        float64 rule keeps, and their bits (``guard.GuardWriter.settle``, found in the coder's pass).
 
         ``values``: the step's symbols, float32 (rounded) within +-MAX_ABS_VALUE. Table rows:
         ``indexes`` (int32), or ``scales`` (float32, native coder only) bucketed over ``buckets`` on
-        the way; ``windows`` = (near_low, near_high) per bucket (``guard.ScreenWindows``). The words
+        the way; ``windows`` = (near_low, near_high, epsilon) (``guard.ScreenWindows``). The words
         do not depend on the thread count."""
         n, parts = values.size, offsets.size - 1
         if self.lib is None:
@@ -421,7 +427,7 @@ class Coder:
             if n and not (np.abs(values) <= MAX_ABS_VALUE).all():
                 raise SymbolRangeError(f"symbol magnitude above {MAX_ABS_VALUE} (or not a number)")
             coded = [_python_encode_part(values[a:b], indexes[a:b], tables) for a, b in zip(offsets[:-1], offsets[1:])]
-            return CodedStep([w for w, _ in coded], [e for _, e in coded], np.zeros(0, dtype=np.int64))
+            return CodedStep([w for w, _ in coded], [e for _, e in coded], *NOTHING_LISTED)
         region = np.concatenate([[0], np.cumsum(np.diff(offsets) + STATE_WORDS)]).astype(np.int64)
         out = np.empty(int(region[-1]), dtype=np.uint16)
         first = np.empty(parts, dtype=np.int64)
@@ -429,16 +435,17 @@ class Coder:
         esc_count = np.zeros(parts, dtype=np.int64)
         screened = scales is not None and windows is not None
         cand = np.empty(n if screened else 0, dtype=np.int64)
+        above = np.empty(n if screened else 0, dtype=np.uint8)
         cand_count = np.zeros(parts, dtype=np.int64)
-        near_low, near_high = windows if screened else (None, None)
+        near_low, near_high, epsilon = windows if screened else (None, None, 0.0)
         with_buckets = buckets is not None and indexes is None
         rc = self.lib.hpcm_encode_parts(
             self.threads, parts, _address(offsets), _address(values), _address(indexes), _address(scales),
             _address(buckets.bounds) if with_buckets else None, buckets.count if with_buckets else 0,
             _address(buckets.lut(self.lib)) if with_buckets else None, _address(near_low), _address(near_high),
-            _address(tables.cdf), tables.stride, _address(tables.length), _address(tables.offset), tables.count,
-            _address(out), _address(region), _address(first), _address(esc), _address(esc_count), _address(cand),
-            _address(cand_count))
+            epsilon, _address(tables.cdf), tables.stride, _address(tables.length), _address(tables.offset),
+            tables.count, _address(out), _address(region), _address(first), _address(esc), _address(esc_count),
+            _address(cand), _address(above), _address(cand_count))
         if rc == -2:
             raise ValueError(f"table index out of range [0, {tables.count})")
         if rc == -7:
@@ -446,10 +453,12 @@ class Coder:
         if rc != 0:
             raise RuntimeError(f"rANS encoder failed with code {rc}")
         starts = offsets[:-1]
+        listed = NOTHING_LISTED
+        if screened:
+            listed = tuple(np.concatenate([a[starts[j]:starts[j] + cand_count[j]] for j in range(parts)])
+                           for a in (cand, above))
         return CodedStep([out[first[j]:region[j + 1]] for j in range(parts)],
-                         [esc[starts[j]:starts[j] + esc_count[j]] for j in range(parts)],
-                         np.concatenate([cand[starts[j]:starts[j] + cand_count[j]] for j in range(parts)])
-                         if screened else np.zeros(0, dtype=np.int64))
+                         [esc[starts[j]:starts[j] + esc_count[j]] for j in range(parts)], *listed)
 
     def decode(self, reader: "SubstreamReader", parts: "SubstreamSpan", offsets: np.ndarray, tables: CdfTables, *,
                indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,

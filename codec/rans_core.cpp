@@ -66,7 +66,27 @@ struct Buckets {
     const uint16_t* lut;     // 1 << (31 - kBucketShift) cells
     const float* near_low;   // per bucket i (nb + 1): a scale at or above it lies near bound i (+inf for i = nb)
     const float* near_high;  // per bucket i: a scale at or below it lies near bound i - 1 (-inf for i = 0)
+    double epsilon;          // the guard lists a flagged scale within this relative distance of a bound
 };
+
+// The bound nearest to a scale in relative distance |s / bound - 1|, in double (the boundary guard's
+// rule, guard.py's `_nearest`): the upper one on a tie and for a scale that is not a number (whose
+// distance is then not a number either, so that no comparison with it holds).
+struct Nearest {
+    int64_t index;
+    double distance;
+};
+
+Nearest nearest_bound(double s, const float* bounds, int32_t nb) {
+    const int64_t last = nb - 1;
+    int64_t upper = std::isnan(s) ? nb : std::lower_bound(bounds, bounds + nb, s,
+                                                          [](float b, double v) { return b < v; }) - bounds;
+    upper = std::min(upper, last);
+    const int64_t lower = std::max<int64_t>(upper - 1, 0);
+    const double d_upper = std::fabs(s / static_cast<double>(bounds[upper]) - 1.0);
+    const double d_lower = std::fabs(s / static_cast<double>(bounds[lower]) - 1.0);
+    return d_lower < d_upper ? Nearest{lower, d_lower} : Nearest{upper, d_upper};
+}
 
 // ------------------------------------------------------------------ threads
 
@@ -138,7 +158,9 @@ struct Lane {
     int32_t* esc = nullptr;     // encoding: its escaped values (reversed at the end); decoding: to use
     int64_t n_esc = 0;          // encoding: how many; decoding: how many it has
     int64_t used_esc = 0;       // decoding
-    int64_t* cand = nullptr;    // encoding: the guard screen's candidates, kBlock apart per block
+    int64_t* cand = nullptr;    // encoding: the guard screen's candidates, kBlock apart per block, then
+                                //           those the guard lists
+    uint8_t* above = nullptr;   // encoding: per listed position, 1 where its scale lies above its bound
     std::vector<int64_t> block_cand;
     int32_t rows[kBlock];
 };
@@ -147,6 +169,7 @@ struct Lane {
 template <int K>
 int encode_lanes(Lane* lanes, const float* __restrict values, const int32_t* indexes, const float* scales,
                  const Buckets& bk, const Tables& t) {
+    const bool screened = scales != nullptr && bk.near_low != nullptr;
     const int32_t* __restrict cdf = t.cdf;
     const int32_t* __restrict length = t.length;
     const int32_t* __restrict offset = t.offset;
@@ -205,15 +228,22 @@ int encode_lanes(Lane* lanes, const float* __restrict values, const int32_t* ind
         lane.words[--lane.pos] = static_cast<uint16_t>(lane.x & 0xffffu);
         lane.words[--lane.pos] = static_cast<uint16_t>(lane.x >> 16);
         std::reverse(lane.esc, lane.esc + lane.n_esc);
-        // block b's candidates lie at cand[b * kBlock ...] (recorded from the last block): move them together
-        int64_t nc = 0;
+        // block b's candidates lie at cand[b * kBlock ...] (recorded from the last block): the guard's
+        // rule settles each in double, and those it lists move together in position order
+        int64_t listed = 0;
         const int64_t nb = static_cast<int64_t>(lane.block_cand.size());
-        for (int64_t blk = 0; blk < nb; ++blk) {
+        for (int64_t blk = 0; blk < nb && screened; ++blk) {
+            const int64_t* cand = lane.cand + blk * kBlock;
             const int64_t count = lane.block_cand[nb - 1 - blk];
-            std::memmove(lane.cand + nc, lane.cand + blk * kBlock, static_cast<size_t>(count) * sizeof(int64_t));
-            nc += count;
+            for (int64_t c = 0; c < count; ++c) {
+                const double s = scales[cand[c]];
+                const Nearest n = nearest_bound(s, bk.bounds, bk.nb);
+                if (!(n.distance < bk.epsilon)) continue;
+                lane.above[listed] = static_cast<uint8_t>(s > static_cast<double>(bk.bounds[n.index]));
+                lane.cand[listed++] = cand[c];  // never ahead of the candidate it copies
+            }
         }
-        lane.block_cand.assign(1, nc);
+        lane.block_cand.assign(1, listed);
     }
     return 0;
 }
@@ -378,22 +408,14 @@ int decode_impl(const uint16_t* in, int64_t n_words, int64_t* pos_io, uint32_t* 
     return 0;
 }
 
-// The boundary guard's rows of listed positions from the decoder's own scales (guard.py's rule, in
-// double as there): the bound nearest to the scale in relative distance |s / bound - 1| (the upper
-// one on a tie, and for a scale that is not a number), plus one where the encoder's scale lay above it.
+// The boundary guard's rows of listed positions from the decoder's own scales: the nearest bound,
+// plus one where the encoder's scale lay above it.
 std::vector<int32_t> guard_rows(const float* scales, const Buckets& bk, const int64_t* ov_pos,
                                 const uint8_t* above, int64_t n_ov) {
     std::vector<int32_t> rows(static_cast<size_t>(n_ov));
-    const int64_t last = bk.nb - 1;
     for (int64_t k = 0; k < n_ov; ++k) {
-        const double s = scales[ov_pos[k]];
-        int64_t upper = std::isnan(s) ? bk.nb : std::lower_bound(bk.bounds, bk.bounds + bk.nb, s,
-                                                                   [](float b, double v) { return b < v; }) - bk.bounds;
-        upper = std::min(upper, last);
-        const int64_t lower = std::max<int64_t>(upper - 1, 0);
-        const double d_upper = std::fabs(s / static_cast<double>(bk.bounds[upper]) - 1.0);
-        const double d_lower = std::fabs(s / static_cast<double>(bk.bounds[lower]) - 1.0);
-        rows[static_cast<size_t>(k)] = static_cast<int32_t>((d_lower < d_upper ? lower : upper) + (above[k] != 0));
+        const int64_t nearest = nearest_bound(scales[ov_pos[k]], bk.bounds, bk.nb).index;
+        rows[static_cast<size_t>(k)] = static_cast<int32_t>(nearest + (above[k] != 0));
     }
     return rows;
 }
@@ -444,18 +466,21 @@ void hpcm_bucket_indexes(const float* scales, int64_t n, const float* bounds, in
 // Codes the symbols of one step into independent substreams, part j holding symbols
 // [offsets[j], offsets[j + 1]), on up to `threads` threads. values: floats within +-2^30 (rounded
 // by the codec; a fraction is cut off). Table rows come from `indexes` or, when it is null, from
-// `scales` (bucket indexes; with near_low/near_high also the guard's candidates). Part j writes
-// backwards into out[region[j], region[j + 1]) (at least its symbols + 2 words) and reports its
-// first word in first[j]; its escaped values go to esc[offsets[j]...] (esc_count[j] of them), its
-// candidates to cand[offsets[j]...] (cand_count[j]). Returns 0, or an error code.
+// `scales` (bucket indexes; with near_low/near_high also the boundary guard's listing: the scales the
+// windows flag, settled by the guard's rule with `epsilon`). Part j writes backwards into
+// out[region[j], region[j + 1]) (at least its symbols + 2 words) and reports its first word in
+// first[j]; its escaped values go to esc[offsets[j]...] (esc_count[j] of them), its listed positions
+// to cand[offsets[j]...] and their above-the-bound bits to above[offsets[j]...] (cand_count[j] of
+// them). Returns 0, or an error code.
 int32_t hpcm_encode_parts(int32_t threads, int64_t parts, const int64_t* offsets, const float* values,
                           const int32_t* indexes, const float* scales, const float* bounds, int32_t nb,
                           const uint16_t* bucket_lut, const float* near_low, const float* near_high,
-                          const int32_t* cdf, int64_t stride, const int32_t* length, const int32_t* offset,
-                          int64_t count, uint16_t* out, const int64_t* region, int64_t* first, int32_t* esc,
-                          int64_t* esc_count, int64_t* cand, int64_t* cand_count) {
+                          double epsilon, const int32_t* cdf, int64_t stride, const int32_t* length,
+                          const int32_t* offset, int64_t count, uint16_t* out, const int64_t* region,
+                          int64_t* first, int32_t* esc, int64_t* esc_count, int64_t* cand, uint8_t* above,
+                          int64_t* cand_count) {
     const Tables t{cdf, stride, length, offset, count};
-    const Buckets bk{bounds, nb, bucket_lut, near_low, near_high};
+    const Buckets bk{bounds, nb, bucket_lut, near_low, near_high, epsilon};
     if (indexes == nullptr && nb >= count) return kBadIndex;  // a bucket without a table
     return over_lanes(parts, threads, [&](int64_t j0, int k) {
         std::unique_ptr<Lane[]> lanes = lanes_at(offsets, j0, k, [&](Lane& lane, int64_t j) {
@@ -463,6 +488,7 @@ int32_t hpcm_encode_parts(int32_t threads, int64_t parts, const int64_t* offsets
             lane.pos = region[j + 1] - region[j];
             lane.esc = esc + offsets[j];
             lane.cand = cand + offsets[j];
+            lane.above = above + offsets[j];
         });
         int rc = 0;
         switch (k) {

@@ -52,7 +52,7 @@ def main(symbols: int, repeats: int, seed: int, threads: int, compare_constricti
     for _ in range(repeats):
         t0 = time.perf_counter()
         coded = coder.encode(values, tables, offsets, scales=scales, buckets=buckets,
-                             windows=(windows.near_low, windows.near_high))
+                             windows=(windows.near_low, windows.near_high, windows.epsilon))
         data = pack_substreams([coded])
         t1 = time.perf_counter()
         reader = SubstreamReader(data)
@@ -65,7 +65,7 @@ def main(symbols: int, repeats: int, seed: int, threads: int, compare_constricti
     ideal = ideal_bits(values, idx, tables)
     enc_t, dec_t = min(enc_times), min(dec_times)
     click.echo(f"symbols: {symbols} in {offsets.size - 1} substreams, {threads} thread(s), "
-               f"escapes: {reader.escapes.size}, guard candidates: {coded.candidates.size}")
+               f"escapes: {reader.escapes.size}, guard listed: {coded.listed.size}")
     click.echo(f"encode: {symbols / enc_t / 1e6:.1f} M symbols/s ({enc_t * 1e3:.2f} ms, best of {repeats})")
     click.echo(f"decode: {symbols / dec_t / 1e6:.1f} M symbols/s ({dec_t * 1e3:.2f} ms, best of {repeats})")
     click.echo(f"size: {len(data)} bytes, ideal {ideal / 8:.0f} bytes, "

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hpcm.codec import rans
-from hpcm.codec.guard import ScreenWindows
+from hpcm.codec.guard import GuardWriter
 from hpcm.codec.rans import (
     MAX_ABS_VALUE,
     STATE_WORDS,
@@ -138,22 +138,28 @@ def test_native_buckets_are_scale_indexes(kind: str) -> None:
     assert torch.equal(native, scale_indexes(scales, table))
 
 
-def test_coding_from_scales_equals_coding_from_their_buckets(tables: CdfTables) -> None:
-    """The native pass that buckets and screens scales itself writes the words of its bucket indexes,
-    and flags exactly the positions the vectorised screen flags."""
+@pytest.mark.parametrize("epsilon", [1e-5, 1e-3])
+def test_coding_from_scales_equals_coding_from_their_buckets(tables: CdfTables, epsilon: float) -> None:
+    """The native pass that buckets, screens and settles scales itself writes the words of its bucket
+    indexes, and lists exactly the positions and bits that the vectorised screen and guard.py's float64
+    settling list (on, beside and between the bounds, at NaN, infinities, zeros and negatives)."""
     table = default_scale_table().float()
     scales = _hard_scales(table, 1)
     scales = scales[torch.randperm(scales.numel(), generator=torch.Generator().manual_seed(2))]
     values = np.random.default_rng(3).integers(-3, 4, scales.numel()).astype(np.float32)
-    windows = ScreenWindows(table, 1e-5)
+    writer = GuardWriter(epsilon, table)
     idx = scale_indexes(scales, table)
     offsets = substream_offsets(values.size)
     given = Coder().encode(values, tables, offsets, indexes=idx.numpy())
+    windows = writer.windows
     screened = Coder(threads=2).encode(values, tables, offsets, scales=scales.numpy(), buckets=ScaleBuckets(table),
-                                       windows=(windows.near_low, windows.near_high))
+                                       windows=(windows.near_low, windows.near_high, windows.epsilon))
     assert all(np.array_equal(a, b) for a, b in zip(given.words, screened.words))
-    assert np.array_equal(screened.candidates, windows.candidates(scales, idx).numpy())
-    assert 0 < screened.candidates.size < 0.01 * values.size
+    candidates = windows.candidates(scales, idx).numpy()
+    positions, above = writer.settle(candidates, scales.numpy()[candidates])
+    assert np.array_equal(screened.listed, positions)
+    assert np.array_equal(screened.above, above)
+    assert 0 < screened.listed.size < 0.01 * values.size and 0 < above.sum() < above.size
 
 
 def test_size_is_close_to_ideal(tables: CdfTables) -> None:
