@@ -151,13 +151,12 @@ int rows_of(const int32_t* __restrict indexes, const float* __restrict scales, c
 struct Lane {
     int64_t begin = 0;
     int64_t length = 0;
-    uint32_t x = kLow;
+    uint32_t x = kLow;          // encoding (decoding keeps its state in a DecodeState)
     uint16_t* words = nullptr;  // encoding: its region, written from the end; decoding: its words
-    int64_t pos = 0;            // encoding: first word written; decoding: next word to read
+    int64_t pos = 0;            // encoding: first word written
     int64_t n_words = 0;        // decoding: how many words it has
     int32_t* esc = nullptr;     // encoding: its escaped values (reversed at the end); decoding: to use
     int64_t n_esc = 0;          // encoding: how many; decoding: how many it has
-    int64_t used_esc = 0;       // decoding
     int64_t* cand = nullptr;    // encoding: the guard screen's candidates, kBlock apart per block, then
                                 //           those the guard lists
     uint8_t* above = nullptr;   // encoding: per listed position, 1 where its scale lies above its bound
