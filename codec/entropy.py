@@ -105,9 +105,7 @@ class StreamEncoder:
 
             def native() -> StepCode:
                 # the coder's pass lists the guard's positions itself (GuardWriter.settle's rule)
-                coded = self.coder.encode(v, self.tables, offsets, scales=s, buckets=self.buckets,
-                                          windows=None if windows is None else
-                                          (windows.near_low, windows.near_high, windows.epsilon))
+                coded = self.coder.encode(v, self.tables, offsets, scales=s, buckets=self.buckets, windows=windows)
                 return coded, coded.listed, coded.above
 
             return native

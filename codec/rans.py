@@ -25,7 +25,7 @@ import ctypes
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -385,6 +385,15 @@ class CodedStep:
     above: np.ndarray
 
 
+class Windows(Protocol):
+    """What the coder's pass reads of the boundary guard's screen (``guard.ScreenWindows``, which owns
+    it): per bucket, float32 limits near its two bounds, and the guard's relative distance."""
+
+    near_low: np.ndarray
+    near_high: np.ndarray
+    epsilon: float
+
+
 class Coder:
     """The rANS coder of one codec call: the native library (looked up once; None: the pure-Python
     coder) and the threads that code a step's substreams."""
@@ -410,14 +419,14 @@ class Coder:
     def encode(self, values: np.ndarray, tables: CdfTables, offsets: np.ndarray, *,
                indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
                buckets: Optional[ScaleBuckets] = None,
-               windows: Optional[tuple[np.ndarray, np.ndarray, float]] = None) -> CodedStep:
+               windows: Optional["Windows"] = None) -> CodedStep:
         """The substreams of one step (symbols cut at ``offsets``) and, coding from ``scales``, the
         boundary guard's listing: the positions (increasing) that its screen ``windows`` flag and its
         float64 rule keeps, and their bits (``guard.GuardWriter.settle``, found in the coder's pass).
 
         ``values``: the step's symbols, float32 (rounded) within +-MAX_ABS_VALUE. Table rows:
         ``indexes`` (int32), or ``scales`` (float32, native coder only) bucketed over ``buckets`` on
-        the way; ``windows`` = (near_low, near_high, epsilon) (``guard.ScreenWindows``). The words
+        the way; ``windows``: the guard's screen (``guard.ScreenWindows``). The words
         do not depend on the thread count."""
         n, parts = values.size, offsets.size - 1
         if self.lib is None:
@@ -437,7 +446,8 @@ class Coder:
         cand = np.empty(n if screened else 0, dtype=np.int64)
         above = np.empty(n if screened else 0, dtype=np.uint8)
         cand_count = np.zeros(parts, dtype=np.int64)
-        near_low, near_high, epsilon = windows if screened else (None, None, 0.0)
+        near_low, near_high, epsilon = (windows.near_low, windows.near_high, windows.epsilon) if screened \
+            else (None, None, 0.0)
         with_buckets = buckets is not None and indexes is None
         rc = self.lib.hpcm_encode_parts(
             self.threads, parts, _address(offsets), _address(values), _address(indexes), _address(scales),

@@ -146,17 +146,20 @@ class ProgressiveSchedule:
         one gather: the codec's encoder takes them while y is still in the caches, so that each step
         is left a subtraction of its means."""
         index, shapes = self.symbol_order(y)
-        flat = torch.take(y, index)
+        flat = y.reshape(-1).index_select(0, index)
         return [block.view(shape) for block, shape in zip(flat.split([s.numel() for s in shapes]), shapes)]
 
     def symbol_order(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Size]]:
         """Where in y (flat) each step's symbols lie, all steps in order, and the steps' block shapes.
         Found by moving y's own flat positions through ``all_scales`` and the steps' masks (the moves
         are exact on integers), so it is the layout's code, not a second description of it; kept for
-        the last size seen (int64: twice y's bytes)."""
+        the last size seen (int32 up to 2^31 positions: as many bytes as y)."""
         key = (tuple(y.shape), y.device)
         if self._symbol_order is None or self._symbol_order[0] != key:
-            positions = torch.arange(1, y.numel() + 1, dtype=torch.int64, device=y.device).view(y.shape)
+            # int32 where it holds every position: half the memory traffic of int64 for this per-size
+            # cost (index_select takes either)
+            dtype = torch.int32 if y.numel() < 2**31 else torch.int64
+            positions = torch.arange(1, y.numel() + 1, dtype=dtype, device=y.device).view(y.shape)
             scales = tuple(t.contiguous() for t in self.all_scales(positions))
             blocks = [self.step_mask(k).select_by_phase(scales[s.scale]) for k, s in enumerate(STEPS)]
             index = torch.cat([b.reshape(-1) for b in blocks]) - 1

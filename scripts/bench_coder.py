@@ -51,8 +51,7 @@ def main(symbols: int, repeats: int, seed: int, threads: int, compare_constricti
     enc_times, dec_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        coded = coder.encode(values, tables, offsets, scales=scales, buckets=buckets,
-                             windows=(windows.near_low, windows.near_high, windows.epsilon))
+        coded = coder.encode(values, tables, offsets, scales=scales, buckets=buckets, windows=windows)
         data = pack_substreams([coded])
         t1 = time.perf_counter()
         reader = SubstreamReader(data)

@@ -153,7 +153,7 @@ def test_coding_from_scales_equals_coding_from_their_buckets(tables: CdfTables, 
     given = Coder().encode(values, tables, offsets, indexes=idx.numpy())
     windows = writer.windows
     screened = Coder(threads=2).encode(values, tables, offsets, scales=scales.numpy(), buckets=ScaleBuckets(table),
-                                       windows=(windows.near_low, windows.near_high, windows.epsilon))
+                                       windows=windows)
     assert all(np.array_equal(a, b) for a, b in zip(given.words, screened.words))
     candidates = windows.candidates(scales, idx).numpy()
     positions, above = writer.settle(candidates, scales.numpy()[candidates])
