@@ -385,7 +385,7 @@ class CodedStep:
     above: np.ndarray
 
 
-class Windows(Protocol):
+class GuardScreen(Protocol):
     """What the coder's pass reads of the boundary guard's screen (``guard.ScreenWindows``, which owns
     it): per bucket, float32 limits near its two bounds, and the guard's relative distance."""
 
@@ -419,7 +419,7 @@ class Coder:
     def encode(self, values: np.ndarray, tables: CdfTables, offsets: np.ndarray, *,
                indexes: Optional[np.ndarray] = None, scales: Optional[np.ndarray] = None,
                buckets: Optional[ScaleBuckets] = None,
-               windows: Optional["Windows"] = None) -> CodedStep:
+               windows: Optional[GuardScreen] = None) -> CodedStep:
         """The substreams of one step (symbols cut at ``offsets``) and, coding from ``scales``, the
         boundary guard's listing: the positions (increasing) that its screen ``windows`` flag and its
         float64 rule keeps, and their bits (``guard.GuardWriter.settle``, found in the coder's pass).
